@@ -1,0 +1,15 @@
+"""The Celery app, as in Celery's Django example (proj/celery.py).
+
+https://docs.celeryq.dev/en/stable/django/first-steps-with-django.html
+"""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digits_site.settings")
+
+app = Celery("digits_site")
+# Every CELERY_* setting in digits_site/settings.py configures Celery.
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

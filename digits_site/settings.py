@@ -1,0 +1,152 @@
+"""Django settings for Digits.
+
+Every setting an operator may change is read from the environment here, and only here, with a
+default that suits a developer's machine. The ML core (`classifier` minus its Django adapters)
+never reads the environment: commands and workers pass these values in.
+
+https://docs.djangoproject.com/en/5.2/ref/settings/
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return default if value in (None, "") else float(value)
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# --- Core Django -------------------------------------------------------------------------------
+
+DEBUG = env_bool("DIGITS_DEBUG", False)
+
+# A real key is required to serve in production (digits_site/asgi.py refuses to start without
+# one unless DEBUG is on). Commands that sign nothing (train, evaluate, the worker) get a random
+# per-process key so they run without configuration.
+SECRET_KEY_FROM_ENV = bool(os.environ.get("DIGITS_SECRET_KEY"))
+SECRET_KEY = os.environ.get("DIGITS_SECRET_KEY") or secrets.token_urlsafe(50)
+
+# https://docs.djangoproject.com/en/5.2/ref/settings/#allowed-hosts
+# Also the websocket origin allow-list (channels.security.websocket.AllowedHostsOriginValidator).
+ALLOWED_HOSTS = env_list("DIGITS_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+
+INSTALLED_APPS = [
+    "daphne",  # first, so `runserver` is the ASGI server: https://channels.readthedocs.io/en/stable/installation.html
+    "django.contrib.staticfiles",
+    "channels",
+    "classifier",
+    "frontend",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    # https://whitenoise.readthedocs.io/en/stable/django.html
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "digits_site.urls"
+ASGI_APPLICATION = "digits_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    }
+]
+
+# The service keeps no relational data: models live in files, requests in Redis.
+DATABASES: dict = {}
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+# Serve straight from the apps' static/ folders, so no `collectstatic` step is needed to run.
+# https://whitenoise.readthedocs.io/en/stable/django.html#WHITENOISE_USE_FINDERS
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("DIGITS_LOG_LEVEL", "INFO")},
+}
+
+# --- Redis: Celery broker and channel layer ------------------------------------------------------
+
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# https://channels.readthedocs.io/en/stable/topics/channel_layers.html#redis-channel-layer
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            # Keeps tests and several deployments on one Redis apart.
+            "prefix": env_str("DIGITS_CHANNEL_PREFIX", "digits"),
+            # An unread reply is useless after the client's deadline.
+            "expiry": 60,
+            "capacity": 1000,
+        },
+    }
+}
+
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html
+CELERY_BROKER_URL = REDIS_URL
+# Answers travel over the channel layer, never through a result backend.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- Digits -------------------------------------------------------------------------------------
+
+# The Celery queue inference tasks go to; workers started with `-Q` this name serve it.
+DIGITS_INFERENCE_QUEUE = env_str("DIGITS_INFERENCE_QUEUE", "inference")
+
+# Where the served model's weights live; `train --output` writes here by default and running
+# workers switch to new weights written here without a restart.
+DIGITS_WEIGHTS = Path(
+    env_str("DIGITS_WEIGHTS", str(BASE_DIR / "classifier" / "weights" / "digits-cnn.safetensors"))
+)
+
+# Where MNIST lives (torchvision's layout: <dir>/MNIST/raw/...). Downloaded there when missing.
+DIGITS_DATA_DIR = Path(env_str("DIGITS_DATA_DIR", str(BASE_DIR / "data")))
+
+# "auto" takes CUDA when present, else the CPU.
+DIGITS_DEVICE = env_str("DIGITS_DEVICE", "auto")
+
+# How long a client waits for an answer before it gets an error instead (seconds).
+DIGITS_REQUEST_TIMEOUT = env_float("DIGITS_REQUEST_TIMEOUT", 5.0)
