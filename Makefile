@@ -24,8 +24,10 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 ## Start everything: a private Redis (unless REDIS_URL is set), one worker, the web server on :8000.
+## Options go in RUN_ARGS, e.g. `make run RUN_ARGS="--port 9000 --workers 2"`.
+RUN_ARGS ?=
 run: $(STAMP)
-	DIGITS_DEBUG=$${DIGITS_DEBUG:-1} $(PY) manage.py runstack
+	DIGITS_DEBUG=$${DIGITS_DEBUG:-1} $(PY) manage.py runstack $(RUN_ARGS)
 
 ## Run the whole test suite (real Redis, real Celery worker, real ASGI server, real Chromium).
 test: $(STAMP) browser

@@ -108,6 +108,8 @@ LOGGING = {
 # --- Redis: Celery broker and channel layer ------------------------------------------------------
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+# `runstack` (`make run`) starts a private Redis only when the operator named none.
+REDIS_URL_FROM_ENV = bool(os.environ.get("REDIS_URL"))
 
 # https://channels.readthedocs.io/en/stable/topics/channel_layers.html#redis-channel-layer
 CHANNEL_LAYERS = {
@@ -130,6 +132,11 @@ CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Requests are plain data; nothing a client can influence is ever unpickled.
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_EVENT_SERIALIZER = "json"
 
 # --- Digits -------------------------------------------------------------------------------------
 
@@ -150,3 +157,34 @@ DIGITS_DEVICE = env_str("DIGITS_DEVICE", "auto")
 
 # How long a client waits for an answer before it gets an error instead (seconds).
 DIGITS_REQUEST_TIMEOUT = env_float("DIGITS_REQUEST_TIMEOUT", 5.0)
+
+# --- Serving: websocket -> Celery -> worker -> channel layer ------------------------------------
+
+# Tasks go to DIGITS_INFERENCE_QUEUE (Celery's default queue), so a plain
+# `celery -A digits_site worker` serves it without `-Q`.
+CELERY_TASK_DEFAULT_QUEUE = DIGITS_INFERENCE_QUEUE
+
+# The worker gathers queued requests into one model call: up to DIGITS_BATCH_SIZE requests, or
+# whatever arrived within DIGITS_BATCH_FLUSH_MS (celery-batches' flush timer repeats, so this is
+# also the most a lone request waits).
+DIGITS_BATCH_SIZE = env_int("DIGITS_BATCH_SIZE", 64)
+DIGITS_BATCH_FLUSH_MS = env_float("DIGITS_BATCH_FLUSH_MS", 2.0)
+
+# One process, one thread: nothing forks after CUDA is initialised, and the model is loaded once.
+# Scale with more worker processes (one per GPU), not with pool concurrency.
+CELERY_WORKER_POOL = "solo"
+CELERY_WORKER_CONCURRENCY = 1
+# Unacknowledged messages a worker may hold. celery-batches buffers them until a flush, so this
+# must exceed DIGITS_BATCH_SIZE or batches are silently capped at the prefetch count.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 2 * DIGITS_BATCH_SIZE
+
+# How often (seconds, at most) a worker checks DIGITS_WEIGHTS for new weights before a batch.
+DIGITS_RELOAD_INTERVAL = env_float("DIGITS_RELOAD_INTERVAL", 0.5)
+
+# The largest websocket message the ASGI server (daphne) accepts; bigger ones close the socket
+# before any Python code sees them. It must hold the largest image the service accepts
+# (classifier.preprocessing.MAX_IMAGE_BYTES) in base64 plus the envelope, so that every smaller
+# frame gets an error frame rather than a closed socket (tests/classifier/test_protocol.py).
+DIGITS_WS_MAX_MESSAGE_BYTES = env_int("DIGITS_WS_MAX_MESSAGE_BYTES", 8 * 1024 * 1024)
+# Read by daphne's `runserver` (https://github.com/django/daphne#runserver).
+DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = DIGITS_WS_MAX_MESSAGE_BYTES

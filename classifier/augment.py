@@ -1,0 +1,109 @@
+"""Batch augmentation on the training device: digits as people draw them, not as MNIST scanned them.
+
+People draw with a brush of one width at any size, slanted, rotated, squeezed. After
+preprocessing (crop, scale to 20 px, centre) what varies is the slant, the aspect, small offsets
+and, above all, the stroke thickness relative to the digit. Every transform here is a tensor op
+over the whole batch (one `affine_grid` + `grid_sample`, max-pooling for thickness), so it runs
+on the GPU beside the model, or on the CPU without DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    rotation_deg: float = 12.0  # uniform in +-rotation_deg
+    scale: tuple[float, float] = (0.85, 1.1)  # overall size
+    aspect: float = 0.15  # width relative to height, in 1 +- aspect
+    shear_deg: float = 12.0  # horizontal slant, uniform in +-shear_deg
+    shift_px: float = 2.0  # uniform in +-shift_px, each axis
+    thicken_p: float = 0.3  # share of the batch drawn with thicker strokes
+    thin_p: float = 0.2  # share drawn with thinner strokes
+    p: float = 0.9  # share of the batch that is transformed at all (the rest stays as scanned)
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device) * (high - low) + low
+
+
+def stroke_width(
+    x: torch.Tensor, config: AugmentConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """Thicken or thin the strokes of a random part of the batch by a random amount.
+
+    A 3x3 max-pool adds a pixel on each side of a stroke; blending it in by a random weight gives
+    every thickness in between. Thinning is the same with a min-pool (erosion).
+    """
+    n, device = x.shape[0], x.device
+    choice = torch.rand(n, generator=generator, device=device)
+    amount = torch.rand(n, generator=generator, device=device).view(n, 1, 1, 1)
+    thicken = (choice < config.thicken_p).view(n, 1, 1, 1)
+    thin = ((choice >= config.thicken_p) & (choice < config.thicken_p + config.thin_p)).view(
+        n, 1, 1, 1
+    )
+    dilated = F.max_pool2d(x, 3, stride=1, padding=1)
+    eroded = -F.max_pool2d(-x, 3, stride=1, padding=1)
+    # Thinning keeps at least a trace of every stroke: the eroded image alone can vanish.
+    thinned = torch.maximum(eroded, x * 0.5)
+    out = torch.where(thicken, x + amount * (dilated - x), x)
+    return torch.where(thin, x + amount * (thinned - x), out)
+
+
+def random_affine(
+    x: torch.Tensor, config: AugmentConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """Rotate, scale, squeeze, slant and shift each image by its own random amounts."""
+    n, device = x.shape[0], x.device
+    size = x.shape[-1]
+    angle = _uniform(n, -config.rotation_deg, config.rotation_deg, generator, device)
+    angle = angle * (math.pi / 180.0)
+    shear = _uniform(n, -config.shear_deg, config.shear_deg, generator, device)
+    shear = torch.tan(shear * (math.pi / 180.0))
+    scale = _uniform(n, config.scale[0], config.scale[1], generator, device)
+    aspect = _uniform(n, 1.0 - config.aspect, 1.0 + config.aspect, generator, device)
+    # affine_grid maps output coordinates to input ones, in [-1, 1]: shifts are 2*px/size.
+    shift = _uniform(2 * n, -config.shift_px, config.shift_px, generator, device).view(n, 2)
+    shift = shift * (2.0 / size)
+
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    sx, sy = scale * aspect, scale / aspect
+    # forward map A = R @ Shear @ S ; the grid needs its inverse.
+    a11 = cos * sx
+    a12 = cos * shear * sy - sin * sy
+    a21 = sin * sx
+    a22 = sin * shear * sy + cos * sy
+    det = a11 * a22 - a12 * a21
+    inverse = torch.stack(
+        [
+            torch.stack([a22 / det, -a12 / det], dim=1),
+            torch.stack([-a21 / det, a11 / det], dim=1),
+        ],
+        dim=1,
+    )  # (n, 2, 2)
+    translation = -(inverse @ shift.unsqueeze(2))  # (n, 2, 1)
+    theta = torch.cat([inverse, translation], dim=2).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def augment_batch(
+    images: torch.Tensor, generator: torch.Generator, config: AugmentConfig | None = None
+) -> torch.Tensor:
+    """uint8 (N, 28, 28) or float (N, 1, 28, 28) in [0, 1] to augmented float (N, 1, 28, 28).
+
+    Draws all its randomness from `generator` (which must live on the images' device), so a
+    seeded run sees the same batches every time.
+    """
+    config = config or AugmentConfig()
+    x = images.unsqueeze(1) if images.dim() == 3 else images
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    n = x.shape[0]
+    keep = (torch.rand(n, generator=generator, device=x.device) >= config.p).view(n, 1, 1, 1)
+    out = random_affine(stroke_width(x, config, generator), config, generator)
+    return torch.where(keep, x, out).clamp_(0.0, 1.0)

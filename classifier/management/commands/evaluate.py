@@ -1,0 +1,91 @@
+"""`python manage.py evaluate`: score saved weights on the MNIST test set, without training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from classifier.data import DataError, load_test_split
+from classifier.devices import DEVICE_CHOICES
+from classifier.inference import Predictor
+from classifier.report import format_confusion, per_digit_dict
+from classifier.training import evaluate_model
+from classifier.weights import WeightsError
+
+
+class Command(BaseCommand):
+    help = "Score saved weights on the 10,000 MNIST test images."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--weights",
+            type=Path,
+            default=settings.DIGITS_WEIGHTS,
+            help=f"weights to score (default: DIGITS_WEIGHTS, now {settings.DIGITS_WEIGHTS})",
+        )
+        parser.add_argument(
+            "--data-dir",
+            type=Path,
+            default=settings.DIGITS_DATA_DIR,
+            help=f"where MNIST is, as <dir>/MNIST/raw/ (default: DIGITS_DATA_DIR, now "
+            f"{settings.DIGITS_DATA_DIR})",
+        )
+        parser.add_argument(
+            "--device",
+            choices=DEVICE_CHOICES,
+            default=settings.DIGITS_DEVICE,
+            help=f"where to run; auto takes CUDA when present (default: DIGITS_DEVICE, now "
+            f"{settings.DIGITS_DEVICE!r})",
+        )
+        parser.add_argument(
+            "--no-download",
+            action="store_true",
+            help="fail instead of downloading MNIST when it is missing (default: download)",
+        )
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="print one JSON object instead of text (default: text)",
+        )
+
+    def handle(self, *args, **options) -> None:
+        try:
+            predictor = Predictor.load(options["weights"], device=options["device"])
+        except (WeightsError, ValueError) as exc:
+            raise CommandError(str(exc)) from exc
+        try:
+            test = load_test_split(options["data_dir"], download=not options["no_download"])
+        except DataError as exc:
+            raise CommandError(str(exc)) from exc
+
+        result = evaluate_model(predictor.model, test, predictor.device)
+        summary = {
+            "model": predictor.version,
+            "architecture": predictor.metadata.get("architecture"),
+            "weights": str(options["weights"]),
+            "accuracy": result.accuracy,
+            "loss": result.loss,
+            "count": result.count,
+            "errors": result.count - round(result.accuracy * result.count),
+            "per_digit": per_digit_dict(result.per_digit),
+            "confusion": result.confusion,
+            "device": str(predictor.device),
+        }
+        if options["json"]:
+            self.stdout.write(json.dumps(summary))
+            return
+        self.stdout.write(f"Model {predictor.version} ({options['weights']})")
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Test accuracy: {100 * result.accuracy:.2f}% "
+                f"({summary['errors']} errors in {result.count:,})"
+            )
+        )
+        self.stdout.write(
+            "Per digit: "
+            + ", ".join(f"{d}: {100 * a:.2f}%" for d, a in enumerate(result.per_digit))
+        )
+        self.stdout.write(format_confusion(result.confusion))

