@@ -114,11 +114,13 @@ def draw_mask(
     draw = ImageDraw.Draw(mask)
     width = max(1.0, brush * supersample)
     radius = width / 2.0
-    for (x0, y0), (x1, y1) in np.asarray(segments, dtype=np.float64) * supersample:
+    scaled = np.asarray(segments, dtype=np.float64).reshape(-1, 2, 2) * supersample
+    for (x0, y0), (x1, y1) in scaled:
         if x0 != x1 or y0 != y1:
             draw.line([(x0, y0), (x1, y1)], fill=255, width=max(1, round(width)))
-        for x, y in ((x0, y0), (x1, y1)):
-            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=255)
+    # Round caps and joins: a disc at every point (each point once; points repeat in segments).
+    for x, y in np.unique(scaled.reshape(-1, 2).round(1), axis=0):
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=255)
     return mask.resize((size, size), Image.Resampling.LANCZOS) if supersample > 1 else mask
 
 
@@ -145,6 +147,11 @@ def compose(mask: Image.Image, style: str, rng: np.random.Generator | None = Non
     raise ValueError(f"Unknown canvas style {style!r}; use one of {', '.join(STYLES)}.")
 
 
+# The page's brush is 6.5% of its 384-pixel canvas (frontend/static/frontend/drawing.js); other
+# clients use other widths.
+PAGE_BRUSH_PX = 25.0
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where and how big a digit lands on the canvas, and the brush that draws it."""
@@ -158,14 +165,17 @@ class Placement:
 def random_placement(
     rng: np.random.Generator,
     size: int = CANVAS_SIZE,
-    height: tuple[float, float] = (0.2, 0.9),
-    brush: tuple[float, float] = (0.035, 0.12),
-    brush_px: tuple[float, float] = (6.0, 40.0),
+    height: tuple[float, float] = (0.25, 0.9),
+    brush: tuple[float, float] = (0.5, 1.5),
+    max_brush: float = 0.25,
 ) -> Placement:
-    """A random size (share of the canvas), brush (share of the digit's height, within
-    `brush_px`) and a position that keeps the whole digit on the canvas."""
+    """A random size (share of the canvas), a brush around the page's (a factor of
+    `PAGE_BRUSH_PX`, scaled with the canvas, at most `max_brush` of the digit's height: people
+    drawing small with a fat brush stop at blobs) and a position that keeps the whole digit on
+    the canvas."""
     digit = float(rng.uniform(*height)) * size
-    width = float(np.clip(rng.uniform(*brush) * digit, *brush_px))
+    page = PAGE_BRUSH_PX * size / CANVAS_SIZE
+    width = min(float(rng.uniform(*brush)) * page, max_brush * digit)
     # The ink spans about 20 of the frame's 28 units.
     frame = digit * 28.0 / 20.0
     margin = (frame - digit) / 2.0 - width / 2.0
@@ -344,7 +354,7 @@ def render_template(
     brush: float | None = None,
     centre: Point | None = None,
     size: int = CANVAS_SIZE,
-    slant: float = 0.0,
+    slant: float | None = None,
 ) -> Image.Image:
     """A digit drawn from a stroke template, as on the page's canvas.
 
@@ -365,7 +375,8 @@ def render_template(
             float(rng.uniform(half * 0.6, size - half * 0.6)),
             float(rng.uniform(half, size - half)),
         )
-        slant = slant or float(rng.uniform(-0.25, 0.25))
+        slant = float(rng.uniform(-0.25, 0.25)) if slant is None else slant
+    slant = slant or 0.0
     height = height or 0.6 * size
     brush = brush or max(6.0, 0.08 * height)
     centre = centre or (size / 2, size / 2)

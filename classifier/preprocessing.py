@@ -118,12 +118,13 @@ def decode_image(data: bytes) -> Image.Image:
             image.load()
             if kind != "PNG":
                 # Phones store JPEGs sideways with an EXIF note; honour it.
-                image = ImageOps.exif_transpose(image)
+                ImageOps.exif_transpose(image, in_place=True)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own guard fired in `open` (above 89 million pixels), before we saw the size.
         raise ImageTooLargeError(
-            f"The image has too many pixels; the limit is {MAX_IMAGE_PIXELS:,}."
+            f"The image has too many pixels; the limit is {MAX_IMAGE_PIXELS:,} pixels."
         ) from exc
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
         raise InvalidImageError(
@@ -228,6 +229,8 @@ def to_mnist(image: Image.Image) -> np.ndarray:
         (new_w, new_h), Image.Resampling.LANCZOS
     )
     digit = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+    # A hairline shrunk from a large drawing comes out grey; MNIST strokes always peak at white.
+    digit /= max(float(digit.max()), 1e-6)
 
     mass = float(digit.sum())
     if mass <= 0:

@@ -8,7 +8,7 @@ Server → client::
 
     {"type": "prediction", "id": ..., "digit": 0-9, "confidence": 0..1,
      "probabilities": [ten floats], "model": "<version>", "preview": "data:image/png;base64,...",
-     "timings_ms": {...}}
+     "timings_ms": {...}, "batch": <images scored in the same model call>}
     {"type": "error", "id": ... or null, "code": "<short code>", "message": "<a sentence>"}
 
 This module is the one home of the frame shapes, the error codes and the limits on a frame. It
@@ -200,8 +200,10 @@ def prediction(
     model: str,
     preview: str,
     timings_ms: dict[str, float],
+    batch: int = 1,
 ) -> dict[str, Any]:
-    """A `prediction` frame; the digit and confidence are read off the probabilities."""
+    """A `prediction` frame; the digit and confidence are read off the probabilities. `batch` is
+    how many images the model scored in the same call (for diagnostics)."""
     probs = [round(float(p), 6) for p in probabilities]
     digit = max(range(len(probs)), key=probs.__getitem__)
     return {
@@ -213,6 +215,7 @@ def prediction(
         "model": model,
         "preview": preview,
         "timings_ms": {name: round(value, 3) for name, value in timings_ms.items()},
+        "batch": batch,
     }
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from celery import signals
 from celery_batches import Batches, SimpleRequest
 from django.conf import settings
@@ -26,14 +28,61 @@ PREDICT_TASK = "classifier.predict"
 READY_MESSAGE = "Digits worker ready"
 
 
-# celery-batches buffers the requests a worker receives and calls the task once with all of them:
-# when `flush_every` have arrived, or every `flush_interval` seconds (a repeating timer started by
-# the first request, so a lone request waits up to one interval).
+class StreamBatches(Batches):
+    """celery-batches, holding a batch open while more requests wait in the broker.
+
+    celery-batches calls the task with everything buffered when `flush_every` requests have
+    arrived, or when its repeating `flush_interval` timer fires. Over Redis a worker takes one
+    message per event-loop turn (one BRPOP each), so under a backlog the timer fired after every
+    message or two and batches stayed at one (measured: 1.0 on average for 64 queued requests).
+    Here a timer tick flushes only when the queue in Redis is empty, the batch is full, or its
+    oldest request has waited `max_wait`: a lone request still goes within one interval, and a
+    backlog is served in full batches.
+    """
+
+    abstract = True
+    max_wait: float = 0.02
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._first_arrival = 0.0
+        self._broker: redis.Redis | None = None
+
+    def Strategy(self, task: Batches, app: Any, consumer: Any) -> Callable[..., None]:
+        buffer_message = super().Strategy(task, app, consumer)
+
+        def on_message(*args: Any, **kwargs: Any) -> None:
+            if self._buffer.empty():
+                self._first_arrival = time.monotonic()
+            buffer_message(*args, **kwargs)
+
+        return on_message
+
+    def _do_flush(self) -> None:
+        if (
+            self._buffer.qsize() < self.flush_every
+            and time.monotonic() - self._first_arrival < self.max_wait
+            and self._queued_in_broker() > 0
+        ):
+            return  # the next turns of the event loop bring more: let the batch grow
+        super()._do_flush()
+
+    def _queued_in_broker(self) -> int:
+        """Requests still waiting in Redis for any worker (0 when Redis cannot tell us)."""
+        if self._broker is None:
+            self._broker = redis.Redis.from_url(self.app.conf.broker_url, socket_timeout=0.5)
+        try:
+            return int(self._broker.llen(self.app.conf.task_default_queue))
+        except redis.RedisError:
+            return 0
+
+
 @app.task(
-    base=Batches,
+    base=StreamBatches,
     name=PREDICT_TASK,
     flush_every=settings.DIGITS_BATCH_SIZE,
     flush_interval=settings.DIGITS_BATCH_FLUSH_MS / 1000,
+    max_wait=settings.DIGITS_BATCH_MAX_WAIT_MS / 1000,
     ignore_result=True,
 )
 def predict(requests: list[SimpleRequest]) -> None:
@@ -74,6 +123,7 @@ def _load_model(**_: Any) -> None:
             device=settings.DIGITS_DEVICE,
             reload_interval=settings.DIGITS_RELOAD_INTERVAL,
             send_timeout=settings.DIGITS_REQUEST_TIMEOUT,
+            torch_threads=settings.DIGITS_TORCH_THREADS,
         )
     except worker.WorkerStartError as exc:
         logger.critical("The Digits worker cannot start. %s", exc)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer, get_channel_layer
 
@@ -189,7 +190,9 @@ def answer_batch(
             "inference": inference_ms,
             "worker": (now() - started) * 1000,
         }
-        frame = protocol.prediction(item["id"], probs, version, encode_preview(image), timings)
+        frame = protocol.prediction(
+            item["id"], probs, version, encode_preview(image), timings, batch=len(good)
+        )
         answers.append(_answer(item, frame))
     return answers
 
@@ -223,11 +226,22 @@ class WorkerStartError(RuntimeError):
     """The worker cannot serve (e.g. its weights are missing or bad)."""
 
 
-def start(weights: Path, device: str, reload_interval: float, send_timeout: float) -> WorkerState:
-    """Load the model once for this process; raise `WorkerStartError` saying why it cannot."""
+def start(
+    weights: Path,
+    device: str,
+    reload_interval: float,
+    send_timeout: float,
+    torch_threads: int = 0,
+) -> WorkerState:
+    """Load the model once for this process; raise `WorkerStartError` saying why it cannot.
+
+    `torch_threads` > 0 caps PyTorch's CPU threads for this process (0 keeps its default).
+    """
     global _state
     with _state_lock:
         if _state is None:
+            if torch_threads > 0:
+                torch.set_num_threads(torch_threads)
             try:
                 model = ModelHolder.load(weights, device, reload_interval)
             except Exception as exc:

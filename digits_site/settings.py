@@ -164,11 +164,13 @@ DIGITS_REQUEST_TIMEOUT = env_float("DIGITS_REQUEST_TIMEOUT", 5.0)
 # `celery -A digits_site worker` serves it without `-Q`.
 CELERY_TASK_DEFAULT_QUEUE = DIGITS_INFERENCE_QUEUE
 
-# The worker gathers queued requests into one model call: up to DIGITS_BATCH_SIZE requests, or
-# whatever arrived within DIGITS_BATCH_FLUSH_MS (celery-batches' flush timer repeats, so this is
-# also the most a lone request waits).
+# The worker gathers queued requests into one model call (classifier.tasks.StreamBatches): up to
+# DIGITS_BATCH_SIZE requests; a batch goes once no request arrived for half of
+# DIGITS_BATCH_FLUSH_MS (a lone request waits about one flush interval), and none waits longer
+# than DIGITS_BATCH_MAX_WAIT_MS for its batch to fill.
 DIGITS_BATCH_SIZE = env_int("DIGITS_BATCH_SIZE", 64)
 DIGITS_BATCH_FLUSH_MS = env_float("DIGITS_BATCH_FLUSH_MS", 2.0)
+DIGITS_BATCH_MAX_WAIT_MS = env_float("DIGITS_BATCH_MAX_WAIT_MS", 20.0)
 
 # One process, one thread: nothing forks after CUDA is initialised, and the model is loaded once.
 # Scale with more worker processes (one per GPU), not with pool concurrency.
@@ -177,6 +179,12 @@ CELERY_WORKER_CONCURRENCY = 1
 # Unacknowledged messages a worker may hold. celery-batches buffers them until a flush, so this
 # must exceed DIGITS_BATCH_SIZE or batches are silently capped at the prefetch count.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 2 * DIGITS_BATCH_SIZE
+
+# CPU threads a worker's PyTorch uses (torch.set_num_threads). One by default: the worker shares
+# the machine with the web server and Redis, and PyTorch's spinning thread pool, given more
+# threads than it gets cores, turned a 3 ms batch into 270 ms on a busy 2-core machine. 0 leaves
+# PyTorch's default (one per core).
+DIGITS_TORCH_THREADS = env_int("DIGITS_TORCH_THREADS", 1)
 
 # How often (seconds, at most) a worker checks DIGITS_WEIGHTS for new weights before a batch.
 DIGITS_RELOAD_INTERVAL = env_float("DIGITS_RELOAD_INTERVAL", 0.5)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import websockets
+from django.conf import settings
 from PIL import Image
 
 from classifier import protocol
@@ -30,6 +31,7 @@ def check_prediction(answer: dict[str, Any], digit: int, model: str) -> None:
     assert sum(probabilities) == pytest.approx(1.0, abs=1e-3)
     assert answer["confidence"] == max(probabilities) == probabilities[digit]
     assert answer["model"] == model
+    assert 1 <= answer["batch"] <= settings.DIGITS_BATCH_SIZE
     assert {"queue", "preprocess", "inference", "worker", "server"} <= answer["timings_ms"].keys()
     prefix = "data:image/png;base64,"
     assert answer["preview"].startswith(prefix)
@@ -70,7 +72,9 @@ def test_white_ink_on_black_and_jpeg_work_too(stack: Stack) -> None:
 
 
 def test_many_sockets_with_requests_in_flight_each_get_their_own_answers(stack: Stack) -> None:
-    sockets, in_flight = 16, 4
+    """16 sockets with 6 requests in flight each: every socket gets exactly its own answers,
+    and the backlog is served in batches (several images per model call)."""
+    sockets, in_flight = 16, 6
     images = {digit: render_digit_png(digit, index=1) for digit in range(10)}
 
     async def one_socket(number: int) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
@@ -89,6 +93,7 @@ def test_many_sockets_with_requests_in_flight_each_get_their_own_answers(stack: 
         assert answers.keys() == expected.keys()  # only its own ids, each once
         for request_id, digit in expected.items():
             check_prediction(answers[request_id], digit, model)
+    assert max(a["batch"] for _, answers in results for a in answers.values()) > 1
 
 
 async def _gather(*coroutines: Any) -> list[Any]:

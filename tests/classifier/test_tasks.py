@@ -15,16 +15,17 @@ from celery_batches import Batches
 from django.conf import settings
 
 from classifier import protocol
-from classifier.tasks import PREDICT_TASK, predict
+from classifier.tasks import PREDICT_TASK, StreamBatches, predict
 from digits_site.celery import app
 from tests.helpers import TEST_REQUEST_TIMEOUT, Stack, render_digit_png
 
 
 def test_predict_is_a_batched_task_with_the_configured_size_and_window() -> None:
-    assert isinstance(predict, Batches)
+    assert isinstance(predict, StreamBatches) and isinstance(predict, Batches)
     assert predict.name == PREDICT_TASK
     assert predict.flush_every == settings.DIGITS_BATCH_SIZE
     assert predict.flush_interval == pytest.approx(settings.DIGITS_BATCH_FLUSH_MS / 1000)
+    assert predict.max_wait == pytest.approx(settings.DIGITS_BATCH_MAX_WAIT_MS / 1000)
     assert predict.ignore_result
 
 

@@ -37,6 +37,8 @@ PHONE = {
 }
 # Generous: the first answers come from a worker that shares two CPU cores with everything.
 ANSWER_TIMEOUT_MS = 20_000
+# Also for `expect(...)` assertions, which do not follow the context's default timeout.
+expect.set_options(timeout=ANSWER_TIMEOUT_MS)
 # Console noise that is expected: failed reconnection attempts while the server restarts.
 EXPECTED_CONSOLE = re.compile(r"WebSocket connection to .* failed")
 
@@ -47,8 +49,14 @@ class Visit:
 
     page: Page
     context: BrowserContext
+    name: str
     sent: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+    def snapshot(self, label: str) -> None:
+        """Keep a screenshot of the page as it is now, beside the one taken at the end."""
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=ARTIFACTS / f"{self.name}-{label}.png", full_page=True)
 
     def predictions_sent(self) -> int:
         return sum(1 for message in self.sent if message.get("type") == "predict")
@@ -71,12 +79,13 @@ def open_page(
     """Open `/` of the running stack in a fresh browser context (laptop-sized unless told
     otherwise) and wait until its socket is connected."""
     visits: list[Visit] = []
+    name = re.sub(r"[^\w.-]+", "-", request.node.name).strip("-")
 
     def open_(**context_options: Any) -> Visit:
         context = browser.new_context(**{**LAPTOP, **context_options})
         context.set_default_timeout(ANSWER_TIMEOUT_MS)
         page = context.new_page()
-        visit = Visit(page=page, context=context)
+        visit = Visit(page=page, context=context, name=name)
         visits.append(visit)
         page.on("pageerror", lambda error: visit.errors.append(f"page error: {error}"))
         page.on(
@@ -103,7 +112,6 @@ def open_page(
     yield open_
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    name = re.sub(r"[^\w.-]+", "-", request.node.name).strip("-")
     for index, visit in enumerate(visits):
         suffix = f"-{index + 1}" if len(visits) > 1 else ""
         visit.page.screenshot(path=ARTIFACTS / f"{name}{suffix}.png", full_page=True)

@@ -5,6 +5,7 @@ Every test draws with real input events on the canvas and reads the answer the r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -56,7 +57,7 @@ def test_drawn_digit_is_read(open_page: OpenPage, digit: str) -> None:
     draw_with_mouse(page, DIGITS[digit])
 
     expect(page.locator("#prediction")).to_have_text(digit)
-    expect(page.locator("#confidence")).to_have_text(r"\d+(\.\d)?% sure.*")
+    expect(page.locator("#confidence")).to_have_text(re.compile(r"^\d+(\.\d)?% sure"))
     # The bar chart marks the same digit as the most likely one.
     expect(page.locator("#probabilities li.best .label")).to_have_text(f"Digit {digit}")
     # The image the model saw is shown, 28x28 pixels scaled up.
@@ -174,6 +175,7 @@ def test_empty_canvas_asks_for_a_digit(open_page: OpenPage) -> None:
     expect(message).to_have_attribute("data-code", "empty")
     assert visit.predictions_sent() == 1
     expect(page.locator("#prediction")).to_have_text("")
+    visit.snapshot("empty")
 
     # Drawing then clears the message and shows the answer.
     draw_with_mouse(page, DIGITS["1"])
@@ -212,7 +214,8 @@ def in_thread(function: Callable[[], None]) -> None:
 
 
 def test_page_recovers_after_server_restart(open_page: OpenPage, stack: Any) -> None:
-    page = open_page().page
+    visit = open_page()
+    page = visit.page
     draw_with_mouse(page, DIGITS["1"])
     expect(page.locator("#prediction")).to_have_text("1")
     page.evaluate(
@@ -240,7 +243,48 @@ def test_page_recovers_after_server_restart(open_page: OpenPage, stack: Any) -> 
         draw_with_mouse(page, DIGITS["1"])
         expect(page.locator("#message")).to_contain_text("Not connected")
         expect(page.locator("#prediction")).to_have_text("")
+        visit.snapshot("server-down")
     finally:
         in_thread(stack.start_web)
     expect(page.locator("#prediction")).to_have_text("1")
     expect(page.locator("#message")).to_be_hidden()
+
+
+def test_no_worker_is_explained(open_page: OpenPage, stack: Any) -> None:
+    visit = open_page()
+    page = visit.page
+    try:
+        stack.stop_worker()
+        draw_with_mouse(page, DIGITS["7"])
+        # The service answers within its deadline even with nobody to run the model.
+        message = page.locator("#message")
+        expect(message).to_have_attribute("data-code", re.compile(r"^(timeout|unavailable)$"))
+        expect(message).to_have_text(
+            re.compile(r"^(No answer in time: |No model worker is running)")
+        )
+        expect(page.locator("#prediction")).to_have_text("")
+        visit.snapshot("no-worker")
+    finally:
+        stack.start_worker()
+    page.get_by_role("button", name="Predict", exact=True).click()
+    expect(page.locator("#prediction")).to_have_text("7")
+    expect(page.locator("#message")).to_be_hidden()
+
+
+def test_reconnect_delays_grow_with_jitter_up_to_a_cap(open_page: OpenPage) -> None:
+    page = open_page().page
+    low, high, url = page.evaluate(
+        """async () => {
+            const m = await import("/static/frontend/predictions.js");
+            const attempts = [...Array(12).keys()];
+            return [
+                attempts.map((a) => m.backoffDelay(a, () => 0)),
+                attempts.map((a) => m.backoffDelay(a, () => 1)),
+                m.socketUrl("/ws/predict/", { protocol: "https:", href: "https://example.org/a" }),
+            ];
+        }"""
+    )
+    assert high[:5] == [500, 1000, 2000, 4000, 8000]
+    assert set(high[5:]) == {10_000}
+    assert low == [delay / 2 for delay in high]
+    assert url == "wss://example.org/ws/predict/"

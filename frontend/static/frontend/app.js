@@ -24,7 +24,7 @@ const ERROR_TEXT = {
   rate_limited: "Too many requests at once. Slow down a little; the page asks again in a moment.",
   busy: "The server is busy. The page asks again in a moment.",
   unavailable: "No model worker is running, so nobody can answer. Start a worker and try again.",
-  timeout: "The model took too long to answer. Try again.",
+  timeout: "No answer in time: the model is very busy or no worker is running. Try again.",
   invalid_image: "The server could not read the drawing. Reset and draw again.",
 };
 const RETRY_CODES = new Set(["rate_limited", "busy"]);
@@ -69,11 +69,13 @@ const client = new PredictionClient(socketUrl(document.body.dataset.wsPath), {
   onState: connectionChanged,
   onAnswer: showAnswer,
   onError: showError,
+  onSettle: requestSettled,
 });
 
 function padChanged(reason) {
   ui.undo.disabled = pad.isEmpty;
   ui.reset.disabled = pad.isEmpty;
+  ui.answer.dataset.pad = pad.isEmpty ? "blank" : "drawn";
   switch (reason) {
     case "stroke-start":
       // A stroke's first dot says little: the first live request waits for some ink.
@@ -139,9 +141,9 @@ function refreshIfStale() {
   }
 }
 
-function settled(request) {
-  shownVersion = request?.context?.version ?? shownVersion;
-  if (client.pending === 0) ui.answer.removeAttribute("aria-busy");
+/** A request left the air: a slot for live requests is free, and maybe nothing is pending. */
+function requestSettled(pending) {
+  if (pending === 0) ui.answer.removeAttribute("aria-busy");
   if (pad.isDrawing) scheduleLive();
 }
 
@@ -163,8 +165,8 @@ function showAnswer(answer, request) {
   ui.model.textContent = answer.model || "unknown";
   ui.latency.textContent = `· answered in ${Math.round(performance.now() - request.sentAt)} ms`;
   ui.answer.dataset.requestId = String(request.id);
+  shownVersion = request.context.version;
   say("");
-  settled(request);
 }
 
 function showError(error, request) {
@@ -172,13 +174,12 @@ function showError(error, request) {
   say(ERROR_TEXT[error.code] ?? error.message ?? `Something went wrong (${error.code}).`);
   ui.message.dataset.code = error.code ?? "";
   if (RETRY_CODES.has(error.code)) {
+    // The drawing still waits for its answer: ask again shortly.
     clearTimeout(retryTimer);
     retryTimer = setTimeout(refreshIfStale, RETRY_BUSY_MS);
-    // Not shown: the drawing still waits for its answer.
-    if (client.pending === 0) ui.answer.removeAttribute("aria-busy");
-    return;
+  } else if (request) {
+    shownVersion = request.context.version;
   }
-  settled(request);
 }
 
 function setBar(li, p, best) {

@@ -36,15 +36,21 @@ export function backoffDelay(attempt, random = Math.random) {
  * - `onState(state, {retryInMs})` when the connection state changes;
  * - `onAnswer(message, request)` for a `prediction` newer than any answer given before;
  * - `onError(message, request)` for an `error` likewise (`request` is null when the server
- *   could not tie the error to a request).
+ *   could not tie the error to a request);
+ * - `onSettle(pending)` whenever a request stops being in flight (answered, stale, or lost
+ *   with its socket), with the number still in flight.
  * `request` is `{id, sentAt, context}` with the context given to `predict`.
  */
 export class PredictionClient {
-  constructor(url, { onState = () => {}, onAnswer = () => {}, onError = () => {} } = {}) {
+  constructor(
+    url,
+    { onState = () => {}, onAnswer = () => {}, onError = () => {}, onSettle = () => {} } = {},
+  ) {
     this.url = url;
     this.onState = onState;
     this.onAnswer = onAnswer;
     this.onError = onError;
+    this.onSettle = onSettle;
     this.socket = null;
     this.state = null;
     this.attempt = 0;
@@ -97,7 +103,7 @@ export class PredictionClient {
     if (!this.isOpen) return null;
     const id = this.nextId++;
     const request = { id, sentAt: performance.now(), context };
-    request.guard = setTimeout(() => this.inFlight.delete(id), ANSWER_GUARD_MS);
+    request.guard = setTimeout(() => this.#settle(id), ANSWER_GUARD_MS);
     this.inFlight.set(id, request);
     this.socket.send(JSON.stringify({ type: "predict", id: String(id), image }));
     return id;
@@ -117,27 +123,32 @@ export class PredictionClient {
     }
     const id = Number(message.id);
     const request = this.inFlight.get(id) ?? null;
-    if (request) {
-      clearTimeout(request.guard);
-      this.inFlight.delete(id);
-    }
-    if (message.type === "error" && !request) {
+    if (!request) {
       // An error the server could not tie to one of our requests (a malformed frame, say).
-      if (message.id == null) this.onError(message, null);
+      if (message.type === "error" && message.id == null) this.onError(message, null);
       return;
     }
-    if (!request || id < this.acceptFrom) return;
-    // Later answers win: drop this one if a newer request has been answered already.
-    this.acceptFrom = id + 1;
-    if (message.type === "prediction") this.onAnswer(message, request);
-    else if (message.type === "error") this.onError(message, request);
+    // Later answers win: one older than an answer already given (or than a discard) is dropped.
+    if (id >= this.acceptFrom) {
+      this.acceptFrom = id + 1;
+      if (message.type === "prediction") this.onAnswer(message, request);
+      else if (message.type === "error") this.onError(message, request);
+    }
+    this.#settle(id);
+  }
+
+  #settle(id) {
+    const request = this.inFlight.get(id);
+    if (!request) return;
+    clearTimeout(request.guard);
+    this.inFlight.delete(id);
+    this.onSettle(this.inFlight.size);
   }
 
   #dropped() {
     // Answers to requests on the old socket can never arrive: free their slots. The page
     // asks again for the current drawing once the new socket is open.
-    for (const request of this.inFlight.values()) clearTimeout(request.guard);
-    this.inFlight.clear();
+    for (const id of [...this.inFlight.keys()]) this.#settle(id);
     if (this.openedAt && performance.now() - this.openedAt > STABLE_AFTER_MS) this.attempt = 0;
     this.openedAt = 0;
     const retryInMs = backoffDelay(this.attempt++);

@@ -1,0 +1,112 @@
+"""compose.yaml and the Dockerfile, checked without Docker (it does not run on these machines):
+the services the README promises, a GPU reservation that scales, and commands and environment
+variables that exist in this code base."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from django.core.management import get_commands
+
+from classifier.management.commands.runstack import Command as Runstack
+from classifier.management.commands.runstack import worker_argv
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "compose.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]
+
+
+def settings_env_names() -> set[str]:
+    """Every environment variable digits_site/settings.py reads."""
+    source = (REPO / "digits_site" / "settings.py").read_text()
+    return set(re.findall(r'(?:env_\w+|os\.environ\.get)\(\s*"([A-Z0-9_]+)"', source))
+
+
+def dockerfile_cmd() -> list[str]:
+    [line] = [ln for ln in (REPO / "Dockerfile").read_text().splitlines() if ln.startswith("CMD")]
+    return yaml.safe_load(line.removeprefix("CMD"))
+
+
+def test_the_promised_services_exist(services: dict[str, Any]) -> None:
+    assert set(services) == {"redis", "web", "worker", "train"}
+
+
+def test_workers_reserve_a_gpu_and_can_be_scaled(services: dict[str, Any]) -> None:
+    worker = services["worker"]
+    [device] = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia"
+    assert "gpu" in device["capabilities"]
+    assert device["count"] == 1
+    # `--scale worker=N` needs replicas that can coexist: no fixed name, no host port.
+    assert "container_name" not in worker
+    assert "ports" not in worker
+
+
+def test_train_is_a_one_off_in_its_own_profile(services: dict[str, Any]) -> None:
+    train = services["train"]
+    assert train["profiles"] == ["train"]
+    assert train["restart"] == "no"
+    assert train["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_web_runs_runstack_for_the_web_server_only(services: dict[str, Any]) -> None:
+    command = services["web"]["command"]
+    assert command[:3] == ["python", "manage.py", "runstack"]
+    options = Runstack().create_parser("manage.py", "runstack").parse_args(command[3:])
+    assert options.only == "web"
+    assert options.host == "0.0.0.0"
+    published = services["web"]["ports"][0]
+    assert published.endswith(f":{options.port}")
+    assert dockerfile_cmd() == command
+
+
+def test_worker_runs_the_documented_celery_command(services: dict[str, Any]) -> None:
+    # The same command line runstack and the tests start (minus `python -m`).
+    assert services["worker"]["command"] == worker_argv()[2:]
+
+
+def test_train_runs_the_train_command(services: dict[str, Any]) -> None:
+    command = services["train"]["command"]
+    assert command[:2] == ["python", "manage.py"]
+    assert command[2] in get_commands()
+
+
+def test_every_environment_variable_is_one_settings_reads(services: dict[str, Any]) -> None:
+    known = settings_env_names()
+    assert {"REDIS_URL", "DIGITS_WEIGHTS", "DIGITS_SECRET_KEY"} <= known  # the parser works
+    for name, service in services.items():
+        unknown = set(service.get("environment", {})) - known
+        assert not unknown, f"{name} sets variables settings.py never reads: {unknown}"
+
+
+def test_the_app_services_share_redis_and_the_weights(services: dict[str, Any]) -> None:
+    for name in ("web", "worker", "train"):
+        service = services[name]
+        assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+    weights_dir = str(Path(services["worker"]["environment"]["DIGITS_WEIGHTS"]).parent)
+    for name in ("worker", "train"):
+        assert f"weights:{weights_dir}" in services[name]["volumes"]
+    assert "healthcheck" in services["redis"]
+
+
+def test_the_image_is_built_from_this_project() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11", dockerfile, re.MULTILINE)
+    for path in re.findall(r"^COPY (\S+)", dockerfile, re.MULTILINE):
+        assert (REPO / path).exists(), f"the Dockerfile copies {path}, which does not exist"
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert "classifier" not in ignored and "classifier/weights" not in ignored
+    assert ".venv" in ignored and "data" in ignored
