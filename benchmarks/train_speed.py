@@ -38,14 +38,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument(
-        "--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
         help=f"MNIST directory (default: {DEFAULT_DATA_DIR})",
     )
     parser.add_argument(
         "--target", type=float, default=0.995, help="test accuracy to reach (default: 0.995)"
     )
     parser.add_argument(
-        "--limit-s", type=float, default=None,
+        "--limit-s",
+        type=float,
+        default=None,
         help="time limit to judge against (default: 300 on the CPU, 15 on CUDA)",
     )
     parser.add_argument("train_args", nargs="*", help="more `manage.py train` options, after --")
@@ -56,9 +60,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="digits-bench-") as folder:
         output = Path(folder) / "bench.safetensors"
         command = [
-            sys.executable, str(ROOT / "manage.py"), "train",
-            "--device", args.device, "--data-dir", str(args.data_dir),
-            "--output", str(output), "--no-progress", *args.train_args,
+            sys.executable,
+            str(ROOT / "manage.py"),
+            "train",
+            "--device",
+            args.device,
+            "--data-dir",
+            str(args.data_dir),
+            "--output",
+            str(output),
+            "--no-progress",
+            *args.train_args,
         ]
         load_before = os.getloadavg()
         started = time.perf_counter()
@@ -77,12 +89,16 @@ def main() -> int:
     train_time = sum(h["seconds"] for h in history)
     accuracy = report["test"]["accuracy"]
     print(f"command        : manage.py train {' '.join(command[3:])}")
-    print(f"device         : {device} ({torch.cuda.get_device_name(0) if device.startswith('cuda') else cpu_name()})")
-    print(f"torch          : {torch.__version__}, {torch.get_num_threads()} CPU threads, {os.cpu_count()} cores")
+    chip = torch.cuda.get_device_name(0) if device.startswith("cuda") else cpu_name()
+    threads = torch.get_num_threads()
+    print(f"device         : {device} ({chip})")
+    print(f"torch          : {torch.__version__}, {threads} CPU threads, {os.cpu_count()} cores")
     print(f"load average   : {load_before[0]:.2f} before, {load_after[0]:.2f} after (1 min)")
     print(f"epochs         : {len(history)} (best {report['best_epoch']})")
     print(f"wall time      : {wall:.1f} s (whole command: start-up, data, training, test, saving)")
-    print(f"training time  : {report['train_seconds']:.1f} s ({train_time:.1f} s in training steps)")
+    print(
+        f"training time  : {report['train_seconds']:.1f} s ({train_time:.1f} s in training steps)"
+    )
     print(f"images/s       : {images / max(train_time, 1e-9):.0f} (training, with augmentation)")
     print(f"test accuracy  : {100 * accuracy:.2f}%")
     verdict = "yes" if accuracy >= args.target and wall <= limit else "no"

@@ -52,17 +52,18 @@ class PredictConsumer(AsyncWebsocketConsumer):
         self._pending.clear()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        received = loop.time()
         try:
             request = protocol.parse_frame(text_data, bytes_data)
         except protocol.ProtocolError as exc:
             await self._send_frame(protocol.error(exc.request_id, exc.code, exc.message))
             return
 
-        loop = asyncio.get_running_loop()
         timeout = settings.DIGITS_REQUEST_TIMEOUT
         ticket = next(self._tickets)
         self._pending[ticket] = _Pending(
-            request.id, loop.time(), loop.call_later(timeout, self._on_deadline, ticket)
+            request.id, received, loop.call_later(timeout, self._on_deadline, ticket)
         )
         try:
             await loop.run_in_executor(

@@ -60,7 +60,7 @@ class StreamBatches(Batches):
 
     def _do_flush(self) -> None:
         if (
-            self._buffer.qsize() < self.flush_every
+            0 < self._buffer.qsize() < self.flush_every
             and time.monotonic() - self._first_arrival < self.max_wait
             and self._queued_in_broker() > 0
         ):

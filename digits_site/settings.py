@@ -116,7 +116,10 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            # redis-py 8 times out socket reads after 5 s by default, which aborts the layer's
+            # blocking 5 s BZPOPMIN and kills every websocket idle that long
+            # (django/channels_redis#422). Reads may take longer than the block, never forever.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
             # Keeps tests and several deployments on one Redis apart.
             "prefix": env_str("DIGITS_CHANNEL_PREFIX", "digits"),
             # An unread reply is useless after the client's deadline.

@@ -35,9 +35,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """Attach the running stack's logs to the report of a failed test."""
+    """Attach the running stack's logs to the report of a failed test that used it."""
     report = yield
-    if report.failed:
+    if report.failed and "stack" in getattr(item, "fixturenames", ()):
         for stack in _running_stacks:
             report.sections.append((f"stack logs ({stack.directory})", stack.log_tail()))
     return report
@@ -116,5 +116,5 @@ def _delete_queue(url: str, queue: str) -> None:
     """Remove this session's queue and kombu's binding for it (never anyone else's keys)."""
     client = redis.Redis.from_url(url)
     with contextlib.suppress(redis.RedisError):
-        client.delete(queue, f"_kombu.binding.{queue}")
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
     client.close()

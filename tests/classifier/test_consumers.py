@@ -17,6 +17,7 @@ from django.conf import settings
 from PIL import Image
 
 from classifier import protocol
+from classifier.canvas import render_template_png
 from classifier.weights import load_weights, read_metadata, save_weights
 from tests.helpers import ANSWER_TIMEOUT, Stack, blank_png, png_bytes, render_digit_png
 
@@ -44,16 +45,21 @@ def current_version(stack: Stack) -> str:
 
 
 def test_a_drawn_digit_comes_back_as_that_digit(stack: Stack) -> None:
+    """Handwritten MNIST test digits as canvas-sized PNGs, and digits drawn with pen strokes as
+    the page draws them (white on black, 384 px): all twenty in flight at once on one socket."""
+
     async def scenario() -> dict[str, dict[str, Any]]:
         async with stack.client() as client:
-            for digit in range(10):  # all ten in flight at once on one socket
-                await client.send_image(f"digit-{digit}", render_digit_png(digit))
-            return await client.receive_many(10)
+            for digit in range(10):
+                await client.send_image(f"mnist-{digit}", render_digit_png(digit))
+                await client.send_image(f"pen-{digit}", render_template_png(digit))
+            return await client.receive_many(20)
 
     answers = asyncio.run(scenario())
     model = current_version(stack)
     for digit in range(10):
-        check_prediction(answers[f"digit-{digit}"], digit, model)
+        check_prediction(answers[f"mnist-{digit}"], digit, model)
+        check_prediction(answers[f"pen-{digit}"], digit, model)
 
 
 def test_white_ink_on_black_and_jpeg_work_too(stack: Stack) -> None:
