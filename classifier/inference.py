@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from classifier.devices import resolve_device
 from classifier.model import build_model
@@ -29,6 +30,38 @@ logger = logging.getLogger(__name__)
 
 # Batch sizes `warm_up` runs once, so the first real requests do not pay for kernel selection.
 WARM_UP_BATCHES = (1, 8, 64)
+
+
+def optimise_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model on `device`, ready to serve: each batch norm folded into the convolution before
+    it, weights in channels-last layout (the layout the training loop also uses).
+
+    Measured on a 2-core AVX2 CPU, one thread (benchmarks/inference_speed.py): about 1.6x the
+    eager model's images/s at batch 1 and 2.5-3x at batch 64, with the same probabilities to
+    1e-5. TorchScript's optimize_for_inference was no faster; torch.fx's `fuse` does the same
+    folding but patches nn.Module globally while it traces, which breaks predictions running
+    in other threads during a reload.
+    """
+    model = model.to(device).eval()
+    _fold_batch_norm(model)
+    return model.to(memory_format=torch.channels_last)
+
+
+def _fold_batch_norm(module: nn.Module) -> None:
+    """Replace each Conv2d + BatchNorm2d pair in a Sequential by one Conv2d (eval mode only)."""
+    for child in module.children():
+        _fold_batch_norm(child)
+    if not isinstance(module, nn.Sequential):
+        return
+    for index in range(len(module) - 1):
+        conv, norm = module[index], module[index + 1]
+        if (
+            isinstance(conv, nn.Conv2d)
+            and isinstance(norm, nn.BatchNorm2d)
+            and norm.track_running_stats
+        ):
+            module[index] = fuse_conv_bn_eval(conv, norm)
+            module[index + 1] = nn.Identity()
 
 
 def _file_identity(path: Path) -> tuple[int, int, int, int]:
@@ -75,7 +108,7 @@ class Predictor:
         state_dict, metadata = load_weights(path)
         model = build_model(metadata["architecture"])
         model.load_state_dict(state_dict)
-        model.to(device).eval()
+        model = optimise_for_inference(model, device)
         version = str(metadata.get("version") or f"{metadata['architecture']}-unversioned")
         return _Loaded(model=model, version=version, metadata=metadata, identity=identity)
 
@@ -105,7 +138,8 @@ class Predictor:
         if x.shape[0] == 0:
             return np.zeros((0, 10), dtype=np.float32), loaded.version
         with torch.inference_mode():
-            logits = loaded.model(normalize(x.to(self.device)))
+            batch = normalize(x.to(self.device)).contiguous(memory_format=torch.channels_last)
+            logits = loaded.model(batch)
             probabilities = torch.softmax(logits.float(), dim=1)
         return probabilities.cpu().numpy().astype(np.float32, copy=False), loaded.version
 

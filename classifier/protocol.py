@@ -60,8 +60,15 @@ INVALID_IMAGE = InvalidImageError.code
 EMPTY = EmptyImageError.code  # a blank canvas
 # The service.
 TIMEOUT = "timeout"  # no answer within DIGITS_REQUEST_TIMEOUT
-UNAVAILABLE = "unavailable"  # the request could not be queued
+UNAVAILABLE = "unavailable"  # no worker is alive, or Redis is unreachable: nothing can answer
 INTERNAL = "internal"  # a bug or a failed model call; the worker logs the details
+# Abuse: the request is refused, not queued; the socket stays open.
+RATE_LIMITED = "rate_limited"  # over DIGITS_RATE_LIMIT, or DIGITS_MAX_IN_FLIGHT in flight
+# The connection: sent once, then the socket is closed with CLOSE_TRY_AGAIN_LATER.
+TOO_MANY_CONNECTIONS = "too_many_connections"  # over DIGITS_MAX_CONNECTIONS_PER_CLIENT
+
+# Websocket close code for a refused connection (RFC 6455 registry: "Try Again Later").
+CLOSE_TRY_AGAIN_LATER = 1013
 
 # --- Limits --------------------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ only inside the worker's signal handlers and the task body.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,6 +20,7 @@ from celery import signals
 from celery_batches import Batches, SimpleRequest
 from django.conf import settings
 
+from classifier import heartbeat
 from classifier.protocol import PredictRequest
 from digits_site.celery import app
 
@@ -29,15 +32,19 @@ READY_MESSAGE = "Digits worker ready"
 
 
 class StreamBatches(Batches):
-    """celery-batches, holding a batch open while more requests wait in the broker.
+    """celery-batches, flushing as soon as the broker has nothing more for the batch.
 
     celery-batches calls the task with everything buffered when `flush_every` requests have
-    arrived, or when its repeating `flush_interval` timer fires. Over Redis a worker takes one
-    message per event-loop turn (one BRPOP each), so under a backlog the timer fired after every
-    message or two and batches stayed at one (measured: 1.0 on average for 64 queued requests).
-    Here a timer tick flushes only when the queue in Redis is empty, the batch is full, or its
-    oldest request has waited `max_wait`: a lone request still goes within one interval, and a
-    backlog is served in full batches.
+    arrived, or when its repeating `flush_interval` timer fires. Two traps for serving:
+
+    - A lone request waits for the timer: up to a whole interval. Here a request that finds
+      the buffer empty and nothing behind it in Redis is flushed at once (one LLEN).
+    - Over Redis a worker takes one message per event-loop turn (one BRPOP each), so under a
+      backlog the timer fired after every message or two and batches stayed at one (measured:
+      1.0 on average for 64 queued requests). Here a timer tick flushes only when the queue in
+      Redis is empty, the batch is full, or its oldest request has waited `max_wait`.
+
+    So a lone request goes at once, and a backlog is served in full batches.
     """
 
     abstract = True
@@ -52,9 +59,12 @@ class StreamBatches(Batches):
         buffer_message = super().Strategy(task, app, consumer)
 
         def on_message(*args: Any, **kwargs: Any) -> None:
-            if self._buffer.empty():
+            first = self._buffer.empty()
+            if first:
                 self._first_arrival = time.monotonic()
             buffer_message(*args, **kwargs)
+            if first and self._buffer.qsize() == 1 and self._queued_in_broker() == 0:
+                Batches._do_flush(self)  # alone: go now, not at the next timer tick
 
         return on_message
 
@@ -131,10 +141,22 @@ def _load_model(**_: Any) -> None:
 
 
 @signals.worker_ready.connect
-def _announce(**_: Any) -> None:
+def _announce(sender: Any = None, **_: Any) -> None:
     from classifier import worker
 
     predictor = worker.state().model.predictor
+    # Tell the web side (and /readyz) that a worker with a model is listening on the queue.
+    heartbeat.start(
+        settings.REDIS_URL,
+        settings.DIGITS_INFERENCE_QUEUE,
+        node=getattr(sender, "hostname", None) or f"{socket.gethostname()}.{os.getpid()}",
+        describe=lambda: {
+            "model": worker.state().model.predictor.version,
+            "device": str(worker.state().model.predictor.device),
+        },
+        interval=settings.DIGITS_HEARTBEAT_INTERVAL,
+        ttl=settings.DIGITS_HEARTBEAT_TTL,
+    )
     logger.info(
         "%s: model %s on %s, queue %r, batches of up to %d within %.1f ms",
         READY_MESSAGE,
@@ -150,4 +172,5 @@ def _announce(**_: Any) -> None:
 def _close(**_: Any) -> None:
     from classifier import worker
 
+    heartbeat.stop()  # first: from now on no request should be sent here
     worker.stop()

@@ -106,9 +106,12 @@ def _autocast(device: torch.device):
 def evaluate_model(
     model: nn.Module, split: Split, device: torch.device | str, batch_size: int = EVAL_BATCH_SIZE
 ) -> Evaluation:
-    """Loss, accuracy, per-digit accuracy and confusion matrix of `model` on `split`."""
+    """Loss, accuracy, per-digit accuracy and confusion matrix of `model` on `split`.
+
+    Moves `model` to `device` and leaves it in eval mode there.
+    """
     device = torch.device(device)
-    model.eval()
+    model.to(device).eval()
     total_loss = 0.0
     confusion = torch.zeros(NUM_CLASSES * NUM_CLASSES, dtype=torch.long, device=device)
     for start in range(0, len(split), batch_size):

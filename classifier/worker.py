@@ -137,6 +137,30 @@ class Answer:
     message: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One request's image made ready for the model, or the reason it could not be."""
+
+    image: np.ndarray | None
+    ms: float  # decode and preprocessing time
+    error: Exception | None = None
+
+
+def prepare(payload: str) -> Prepared:
+    """Decode one base64 image and preprocess it; never raises."""
+    t0 = time.perf_counter()
+    try:
+        image = preprocess(base64.b64decode(payload))
+    except Exception as exc:
+        return Prepared(None, (time.perf_counter() - t0) * 1000, exc)
+    return Prepared(image, (time.perf_counter() - t0) * 1000)
+
+
+def prepare_batch(payloads: Sequence[str]) -> list[Prepared]:
+    """`prepare` every payload of a batch, in order."""
+    return [prepare(payload) for payload in payloads]
+
+
 def answer_batch(
     items: Sequence[Mapping[str, Any]],
     predictor: Predictor,
@@ -150,48 +174,47 @@ def answer_batch(
     """
     started = now()
     answers: list[Answer] = []
-    good: list[tuple[Mapping[str, Any], np.ndarray, float]] = []
+    live = []
     for item in items:
         if item["deadline"] < started:
             logger.info("Dropped request %r: past its deadline", item["id"])
-            continue
-        t0 = time.perf_counter()
-        try:
-            image = preprocess(base64.b64decode(item["image"]))
-        except ImageError as exc:
-            answers.append(_error(item, exc.code, str(exc)))
-            continue
-        except Exception:
-            logger.exception("Preprocessing request %r failed", item["id"])
+        else:
+            live.append(item)
+    good: list[tuple[Mapping[str, Any], Prepared]] = []
+    for item, prepared in zip(live, prepare_batch([i["image"] for i in live]), strict=True):
+        if prepared.error is None:
+            good.append((item, prepared))
+        elif isinstance(prepared.error, ImageError):
+            answers.append(_error(item, prepared.error.code, str(prepared.error)))
+        else:
+            logger.error("Preprocessing request %r failed", item["id"], exc_info=prepared.error)
             answers.append(_error(item, protocol.INTERNAL, "The image could not be processed."))
-            continue
-        good.append((item, image, (time.perf_counter() - t0) * 1000))
     if not good:
         return answers
 
     t0 = time.perf_counter()
     try:
         probabilities, version = predictor.predict_with_version(
-            np.stack([image for _, image, _ in good])
+            np.stack([prepared.image for _, prepared in good])
         )
     except Exception:
         logger.exception("The model failed on a batch of %d", len(good))
         answers.extend(
             _error(item, protocol.INTERNAL, "The model failed; please try again.")
-            for item, _, _ in good
+            for item, _ in good
         )
         return answers
     inference_ms = (time.perf_counter() - t0) * 1000
 
-    for (item, image, preprocess_ms), probs in zip(good, probabilities, strict=True):
+    for (item, prepared), probs in zip(good, probabilities, strict=True):
         timings = {
             "queue": max(0.0, (started - item["sent_at"]) * 1000),
-            "preprocess": preprocess_ms,
+            "preprocess": prepared.ms,
             "inference": inference_ms,
             "worker": (now() - started) * 1000,
         }
         frame = protocol.prediction(
-            item["id"], probs, version, encode_preview(image), timings, batch=len(good)
+            item["id"], probs, version, encode_preview(prepared.image), timings, batch=len(good)
         )
         answers.append(_answer(item, frame))
     return answers

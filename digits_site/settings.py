@@ -11,6 +11,8 @@ import os
 import secrets
 from pathlib import Path
 
+import redis.exceptions
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -69,6 +71,8 @@ MIDDLEWARE = [
     # https://whitenoise.readthedocs.io/en/stable/django.html
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # No view takes a form today; should one, it is protected from the start.
+    "django.middleware.csrf.CsrfViewMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -114,12 +118,23 @@ REDIS_URL_FROM_ENV = bool(os.environ.get("REDIS_URL"))
 # https://channels.readthedocs.io/en/stable/topics/channel_layers.html#redis-channel-layer
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # channels_redis, whose receive reports a lost Redis to the consumer instead of raising:
+        # a Redis restart answers the requests in flight with `unavailable` and keeps the sockets.
+        "BACKEND": "classifier.channel_layer.ResilientRedisChannelLayer",
         "CONFIG": {
             # redis-py 8 times out socket reads after 5 s by default, which aborts the layer's
             # blocking 5 s BZPOPMIN and kills every websocket idle that long
             # (django/channels_redis#422). Reads may take longer than the block, never forever.
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+            # One retry on a fresh connection: after a Redis restart the pooled connections are
+            # dead, and without it the first answer sent on each was lost.
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "socket_timeout": 15,
+                    "socket_connect_timeout": 2,
+                    "retry_on_error": [redis.exceptions.ConnectionError],
+                }
+            ],
             # Keeps tests and several deployments on one Redis apart.
             "prefix": env_str("DIGITS_CHANNEL_PREFIX", "digits"),
             # An unread reply is useless after the client's deadline.
@@ -135,6 +150,9 @@ CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Publishing fails fast when Redis is gone (the client gets `unavailable`) rather than blocking a
+# publishing thread on a dead connection (kombu's default socket timeout is none).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 10, "socket_connect_timeout": 2}
 # Requests are plain data; nothing a client can influence is ever unpickled.
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
@@ -199,3 +217,66 @@ DIGITS_RELOAD_INTERVAL = env_float("DIGITS_RELOAD_INTERVAL", 0.5)
 DIGITS_WS_MAX_MESSAGE_BYTES = env_int("DIGITS_WS_MAX_MESSAGE_BYTES", 8 * 1024 * 1024)
 # Read by daphne's `runserver` (https://github.com/django/daphne#runserver).
 DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = DIGITS_WS_MAX_MESSAGE_BYTES
+
+# --- Robustness: abuse limits, worker presence, redelivery ----------------------------------------
+
+# Per websocket connection: requests in flight at once, and a token bucket of DIGITS_RATE_LIMIT
+# requests a second with bursts of DIGITS_RATE_BURST (every frame takes a token, bad ones too).
+# Over either, a request is refused at once with `rate_limited` (never queued); the socket stays
+# open. The page sends at most a few a second; 0 turns the rate limit off.
+DIGITS_MAX_IN_FLIGHT = env_int("DIGITS_MAX_IN_FLIGHT", 16)
+DIGITS_RATE_LIMIT = env_float("DIGITS_RATE_LIMIT", 20.0)
+DIGITS_RATE_BURST = env_int("DIGITS_RATE_BURST", 40)
+# Open websockets per client address in one web process (0: no limit); more are sent a
+# `too_many_connections` error and closed with code 1013. Behind a reverse proxy, set
+# DIGITS_BEHIND_PROXY so the address is the client's, not the proxy's.
+DIGITS_MAX_CONNECTIONS_PER_CLIENT = env_int("DIGITS_MAX_CONNECTIONS_PER_CLIENT", 32)
+
+# Every worker refreshes a presence key in Redis this often (seconds); the key lives three times
+# as long, so a worker killed without a word is forgotten within DIGITS_HEARTBEAT_TTL. The web
+# side reads the keys before queuing (cached DIGITS_PRESENCE_CACHE seconds) and answers
+# `unavailable` at once when no worker is alive; /readyz reports them.
+DIGITS_HEARTBEAT_INTERVAL = env_float("DIGITS_HEARTBEAT_INTERVAL", 1.0)
+DIGITS_HEARTBEAT_TTL = 3 * DIGITS_HEARTBEAT_INTERVAL
+DIGITS_PRESENCE_CACHE = 0.5
+
+# Late acknowledgement: a request is acknowledged once its answer is sent, so a worker killed
+# mid-batch leaves its requests unacknowledged in Redis rather than lost. Redis has no consumer
+# liveness: an unacknowledged message goes back to the queue once it is DIGITS_REDELIVER_AFTER
+# seconds old (kombu's visibility timeout, one hour by default), swept every second by every
+# live worker. Half the request deadline leaves another worker time to answer within it; a
+# worker still busy with a message that old (heavily overloaded) gets a duplicate, whose second
+# answer the consumer drops. `reject_on_worker_lost` covers prefork pools, should one be used.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+DIGITS_REDELIVER_AFTER = env_float("DIGITS_REDELIVER_AFTER", max(1.0, DIGITS_REQUEST_TIMEOUT / 2))
+CELERY_BROKER_TRANSPORT_OPTIONS.update(
+    {
+        "visibility_timeout": DIGITS_REDELIVER_AFTER,
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+        # A worker killed during a sweep must not block the others' sweeps for kombu's 5 min.
+        "unacked_mutex_expire": 10,
+    }
+)
+
+# --- Production: HTTPS behind a reverse proxy ---------------------------------------------------
+
+# A reverse proxy (nginx, a load balancer) in front sets X-Forwarded-For and X-Forwarded-Proto:
+# daphne then takes the client address from it (`--proxy-headers`, so the per-address limit
+# counts clients, not the proxy) and Django the scheme. Never set it without such a proxy: any
+# client could claim any address.
+DIGITS_BEHIND_PROXY = env_bool("DIGITS_BEHIND_PROXY", False)
+if DIGITS_BEHIND_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The public site is served over HTTPS (by the proxy): redirect plain HTTP, send HSTS.
+DIGITS_HTTPS = env_bool("DIGITS_HTTPS", False)
+SECURE_SSL_REDIRECT = DIGITS_HTTPS
+SECURE_HSTS_SECONDS = env_int("DIGITS_HSTS_SECONDS", 3600) if DIGITS_HTTPS else 0
+# Health probes come from inside the network, over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# The site sets no cookies today; should it ever, they stay on HTTPS.
+SESSION_COOKIE_SECURE = DIGITS_HTTPS
+CSRF_COOKIE_SECURE = DIGITS_HTTPS
+# Django's defaults already send nosniff, Referrer-Policy and COOP; X-Frame-Options: DENY here.
+X_FRAME_OPTIONS = "DENY"

