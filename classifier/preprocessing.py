@@ -12,10 +12,13 @@ from __future__ import annotations
 import base64
 import io
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import torch
 
 # --- Model input -------------------------------------------------------------------------------
 
@@ -259,6 +262,8 @@ def normalize(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     Training and inference both go through here, so they cannot drift apart. A tensor keeps its
     device.
     """
+    import torch  # here, not at the top: the web process imports this module and needs no torch
+
     tensor = torch.as_tensor(images)
     if tensor.dim() == 2:
         tensor = tensor.unsqueeze(0)
@@ -279,5 +284,6 @@ def encode_preview(image28: np.ndarray) -> str:
     if array.dtype != np.uint8:
         array = np.clip(np.round(array), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", optimize=True)
+    # No `optimize`: it took 0.24 ms instead of 0.15 ms for 1 byte less, on every answer.
+    Image.fromarray(array).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

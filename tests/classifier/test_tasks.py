@@ -7,6 +7,8 @@ import asyncio
 import base64
 import json
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,9 +17,11 @@ from celery_batches import Batches
 from django.conf import settings
 
 from classifier import protocol
+from classifier.heartbeat import Heartbeat
 from classifier.tasks import PREDICT_TASK, StreamBatches, predict
 from digits_site.celery import app
-from tests.helpers import TEST_REQUEST_TIMEOUT, Stack, render_digit_png
+from tests.conftest import _delete_queue
+from tests.helpers import TEST_REQUEST_TIMEOUT, Stack, render_digit_png, service_env
 
 
 def test_predict_is_a_batched_task_with_the_configured_size_and_window() -> None:
@@ -62,11 +66,16 @@ def _queued_messages(redis_url: str, queue: str, timeout: float = 10.0) -> list[
 def test_a_request_nobody_serves_gets_a_timeout_and_its_task_is_dropped_later(
     stack: Stack, redis_url: str, session_names: dict[str, str]
 ) -> None:
-    """With no worker running, a request waits in the queue as plain JSON; its client gets a
+    """With no worker consuming (but one announced: a hung worker, or one killed less than a
+    heartbeat's ttl ago), a request waits in the queue as plain JSON; its client gets a
     `timeout` error at the deadline; a worker started afterwards drops the stale task (its
     client has had its answer) and serves new requests."""
     queue = session_names["DIGITS_INFERENCE_QUEUE"]
     stack.stop_worker()
+    # With no worker announced at all the request would be refused at once (`unavailable`,
+    # tests/classifier/test_faults.py); a heartbeat with nobody behind it lets it be queued.
+    ghost = Heartbeat(redis_url, queue, "ghost", lambda: {"model": "none"}, 0.5, 2.0)
+    ghost.start()
     try:
 
         async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any], float, float]:
@@ -79,6 +88,7 @@ def test_a_request_nobody_serves_gets_a_timeout_and_its_task_is_dropped_later(
 
         queued, answer, sent_at, waited = asyncio.run(scenario())
     finally:
+        ghost.stop()
         stack.start_worker()
 
     assert len(queued) == 1
@@ -88,6 +98,9 @@ def test_a_request_nobody_serves_gets_a_timeout_and_its_task_is_dropped_later(
     assert message["headers"]["expires"]  # Celery's own expiry is set too
     _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
     assert kwargs["id"] == "orphan"
+    # What Celery logs and reports for the task names the request, without the image.
+    assert "orphan" in message["headers"]["kwargsrepr"]
+    assert len(message["headers"]["kwargsrepr"]) < 100 < len(kwargs["image"])
     assert kwargs["reply_channel"].startswith("specific.")  # the consumer's own channel
     assert kwargs["deadline"] == pytest.approx(sent_at + TEST_REQUEST_TIMEOUT, abs=1)
 
@@ -105,3 +118,33 @@ def test_a_request_nobody_serves_gets_a_timeout_and_its_task_is_dropped_later(
             return await client.predict(render_digit_png(6))
 
     assert asyncio.run(fresh())["type"] == protocol.PREDICTION
+
+
+@pytest.mark.slow
+def test_a_lone_request_does_not_wait_for_the_flush_timer(
+    redis_url: str, weights_copy: Path, tmp_path: Path
+) -> None:
+    """celery-batches flushes on a repeating timer, so a request alone in the queue would wait
+    up to a whole flush interval. With that interval far beyond the request deadline, lone
+    requests are answered all the same, each in a batch of its own: the worker sends a request
+    at once when nothing waits behind it in Redis."""
+    tag = uuid.uuid4().hex[:10]
+    names = {"DIGITS_INFERENCE_QUEUE": f"test-lone-{tag}", "DIGITS_CHANNEL_PREFIX": f"lone-{tag}"}
+    env = service_env(
+        redis_url, names, DIGITS_WEIGHTS=str(weights_copy), DIGITS_BATCH_FLUSH_MS="600000"
+    )
+    stack = Stack(tmp_path, env, weights_copy)
+    try:
+        stack.start()
+
+        async def lone_requests() -> list[dict[str, Any]]:
+            async with stack.client() as client:
+                return [await client.predict(render_digit_png(d)) for d in (3, 8)]
+
+        answers = asyncio.run(lone_requests())
+    finally:
+        stack.stop()
+        _delete_queue(redis_url, names["DIGITS_INFERENCE_QUEUE"])
+    assert [a["type"] for a in answers] == [protocol.PREDICTION] * 2, answers
+    assert [a["digit"] for a in answers] == [3, 8]
+    assert [a["batch"] for a in answers] == [1, 1]

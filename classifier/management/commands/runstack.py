@@ -41,14 +41,17 @@ def worker_argv(nodename: str | None = None) -> list[str]:
 
 
 def web_argv(host: str, port: int) -> list[str]:
-    """The ASGI server (daphne): HTTP and the websocket, with the message-size limit."""
+    """The ASGI server (daphne): HTTP and the websocket, with the message-size limit; behind a
+    reverse proxy (DIGITS_BEHIND_PROXY) the client address comes from X-Forwarded-For."""
     limit = str(settings.DIGITS_WS_MAX_MESSAGE_BYTES)
+    proxy = ["--proxy-headers"] if settings.DIGITS_BEHIND_PROXY else []
     return [
         sys.executable, "-m", "daphne",
         "--bind", host,
         "--port", str(port),
         "--websocket-max-message-size", limit,
         "--websocket-max-frame-size", limit,
+        *proxy,
         "digits_site.asgi:application",
     ]  # fmt: skip
 
