@@ -19,12 +19,14 @@ figures from the same run only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -153,11 +155,19 @@ def main() -> int:
     print(f"Machine: {machine_line()}; load average {os.getloadavg()[0]:.2f}")
     print(f"Images: {len(payloads)} {source}")
 
-    def prepare_all() -> None:
-        prepare_batch(payloads)
+    batch = settings.DIGITS_BATCH_SIZE
+    for threads in (1, 2, 4):
+        with ThreadPoolExecutor(threads) if threads > 1 else contextlib.nullcontext() as pool:
 
-    per_image = rate(prepare_all, len(payloads), args.seconds, args.repeats, lambda: None)
-    print(f"decode + preprocess (the worker's prepare_batch): {per_image:.0f} images/s")
+            def prepare_all(pool: ThreadPoolExecutor | None = pool) -> None:
+                for start in range(0, len(payloads), batch):
+                    prepare_batch(payloads[start : start + batch], pool)
+
+            per_image = rate(prepare_all, len(payloads), args.seconds, args.repeats, lambda: None)
+        print(
+            f"decode + preprocess (the worker's prepare_batch, batches of {batch}) on "
+            f"{threads} thread{'s' if threads > 1 else ''}: {per_image:.0f} images/s"
+        )
 
     for device in devices:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

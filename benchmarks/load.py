@@ -39,6 +39,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,8 +111,9 @@ def make_images(count: int, seed: int, data_dir: Path) -> tuple[Images, str]:
 def in_process_limit(images: Images, seconds: float, device: str) -> tuple[float, int]:
     """Images/s of decode + preprocess + model alone: the worker's code, batch size and threads.
 
-    The base64 payloads go through the same `prepare_batch` the worker runs on task kwargs, and
-    the batches through the same `Predictor`; no Celery, Redis, websocket or answer encoding.
+    The base64 payloads go through the same `prepare_batch` the worker runs on task kwargs (on
+    as many threads as DIGITS_PREPROCESS_THREADS gives it), and the batches through the same
+    `Predictor`; no Celery, Redis, websocket or answer encoding.
     """
     import torch
 
@@ -124,15 +126,17 @@ def in_process_limit(images: Images, seconds: float, device: str) -> tuple[float
     predictor.warm_up()
     batch = settings.DIGITS_BATCH_SIZE
     payloads = [url.split(",", 1)[1] for url in images.urls]
-    done = 0
-    started = time.perf_counter()
-    while True:
-        for start in range(0, len(payloads), batch):
-            prepared = prepare_batch(payloads[start : start + batch])
-            predictor.predict_with_version(np.stack([p.image for p in prepared]))
-            done += len(prepared)
-        if time.perf_counter() - started >= seconds:
-            return done / (time.perf_counter() - started), batch
+    threads = settings.DIGITS_PREPROCESS_THREADS
+    with ThreadPoolExecutor(threads) if threads > 1 else contextlib.nullcontext() as pool:
+        done = 0
+        started = time.perf_counter()
+        while True:
+            for start in range(0, len(payloads), batch):
+                prepared = prepare_batch(payloads[start : start + batch], pool)
+                predictor.predict_with_version(np.stack([p.image for p in prepared]))
+                done += len(prepared)
+            if time.perf_counter() - started >= seconds:
+                return done / (time.perf_counter() - started), batch
 
 
 # --- CPU accounting (Linux /proc; empty elsewhere) ------------------------------------------------
@@ -184,8 +188,10 @@ def stack_processes(root: int) -> dict[str, int]:
 class PhaseResult:
     clients: int
     inflight: int
+    interval: float  # seconds between a client's sends; 0: closed loop
     window: float = 0.0  # seconds measured (after the warm-up)
     sent: int = 0
+    skipped: int = 0  # open loop: ticks skipped because the client had `inflight` outstanding
     predictions: int = 0  # all predictions received, warm-up included
     measured: int = 0  # predictions received within the measured window
     correct: int = 0
@@ -228,16 +234,28 @@ async def _run_client(
     name: str,
     images: Images,
     inflight: int,
+    interval: float,
     clock: _Clock,
     result: PhaseResult,
     offset: int,
 ) -> None:
-    """Keep `inflight` requests outstanding on one socket until the phase ends; check answers."""
+    """One socket until the phase ends, checking every answer.
+
+    `interval` 0: keep `inflight` requests outstanding (a new one as each answer comes back),
+    which measures capacity. `interval` > 0: send every `interval` seconds while fewer than
+    `inflight` are outstanding, as the page does while a stroke grows (a tick at the cap is
+    skipped, as the page skips it), which measures latency at a given offered load.
+    """
     in_flight: dict[str, tuple[float, int]] = {}  # id -> (sent at, label)
     count = 0
+    sending = True
+    settled = asyncio.Event()  # nothing more to send, nothing in flight
 
     async def send_one() -> None:
-        nonlocal count
+        nonlocal count, sending
+        if not clock.may_send():
+            sending = False
+            return
         index = (offset + count) % len(images.urls)
         request_id = f"{name}-{count}"
         count += 1
@@ -247,38 +265,64 @@ async def _run_client(
             f'{{"type":"predict","id":"{request_id}","image":"{images.urls[index]}"}}'
         )
 
-    for _ in range(inflight):
-        if clock.may_send():
-            await send_one()
-    while in_flight:
-        remaining = clock.drain_until - time.perf_counter()
-        if remaining <= 0:
-            break
-        try:
-            raw = await asyncio.wait_for(connection.recv(), remaining)
-        except TimeoutError:
-            break
-        received = time.perf_counter()
-        answer = json.loads(raw)
-        entry = in_flight.pop(answer.get("id"), None)
-        if entry is None:
-            result.errors["unexpected_id"] += 1
-            continue
-        sent_at, label = entry
-        if answer.get("type") == protocol.PREDICTION:
-            result.predictions += 1
-            in_window = clock.measure_from <= sent_at and received <= clock.stop_sending
-            if in_window:
-                result.measured += 1
-                result.latencies.append((received - sent_at) * 1000)
-                result.correct += answer["digit"] == label
-                result.batches.append(answer.get("batch", 1))
-                for key, value in answer.get("timings_ms", {}).items():
-                    result.timings.setdefault(key, []).append(value)
+    def check_settled() -> None:
+        if not sending and not in_flight:
+            settled.set()
+
+    async def receive() -> None:
+        while True:
+            try:
+                raw = await connection.recv()
+            except websockets.exceptions.ConnectionClosed:
+                result.errors["connection_closed"] += 1
+                return
+            received = time.perf_counter()
+            answer = json.loads(raw)
+            entry = in_flight.pop(answer.get("id"), None)
+            if entry is None:
+                result.errors["unexpected_id"] += 1
+                continue
+            sent_at, label = entry
+            if answer.get("type") == protocol.PREDICTION:
+                result.predictions += 1
+                if clock.measure_from <= sent_at and received <= clock.stop_sending:
+                    result.measured += 1
+                    result.latencies.append((received - sent_at) * 1000)
+                    result.correct += answer["digit"] == label
+                    result.batches.append(answer.get("batch", 1))
+                    for key, value in answer.get("timings_ms", {}).items():
+                        result.timings.setdefault(key, []).append(value)
+            else:
+                result.errors[str(answer.get("code"))] += 1
+            if interval == 0 and sending:
+                await send_one()
+            check_settled()
+
+    receiver = asyncio.create_task(receive())
+    try:
+        if interval == 0:
+            for _ in range(inflight):
+                if sending:
+                    await send_one()
         else:
-            result.errors[str(answer.get("code"))] += 1
-        if clock.may_send():
-            await send_one()
+            # Clients start spread over one interval, as independent people would.
+            next_at = time.perf_counter() + interval * offset / max(1, len(images.urls))
+            while sending:
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+                next_at += interval
+                if len(in_flight) < inflight:
+                    await send_one()
+                elif time.perf_counter() < clock.stop_sending:
+                    result.skipped += 1
+                else:
+                    sending = False
+        check_settled()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(settled.wait(), clock.drain_until - time.perf_counter())
+    finally:
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError, websockets.exceptions.ConnectionClosed):
+            await receiver
     result.lost += len(in_flight)
 
 
@@ -286,13 +330,14 @@ async def run_phase(
     images: Images,
     clients: int,
     inflight: int,
+    interval: float,
     duration: float,
     warmup: float,
     drain: float,
     max_requests: int,
     service: Service,
 ) -> PhaseResult:
-    result = PhaseResult(clients, inflight)
+    result = PhaseResult(clients, inflight, interval)
     result.load_before = os.getloadavg()
     processes = {**service.processes, "clients": os.getpid()}
     connections = await asyncio.gather(
@@ -316,7 +361,7 @@ async def run_phase(
         stride = max(1, len(images.urls) // clients)
         await asyncio.gather(
             *(
-                _run_client(conn, f"c{n}", images, inflight, clock, result, n * stride)
+                _run_client(conn, f"c{n}", images, inflight, interval, clock, result, n * stride)
                 for n, conn in enumerate(connections)
             )
         )
@@ -490,9 +535,16 @@ def print_phase(result: PhaseResult) -> None:
     lat = result.latencies
     errors = sum(result.errors.values())
     accuracy = 100 * result.correct / result.measured if result.measured else float("nan")
+    if result.interval:
+        offered = result.clients / result.interval
+        mode = (
+            f"{result.clients:>3} clients, one request each every {1000 * result.interval:g} ms "
+            f"(<= {result.inflight} in flight, {offered:.0f}/s offered, {result.skipped} skipped)"
+        )
+    else:
+        mode = f"{result.clients:>3} clients x {result.inflight} in flight (closed loop)"
     print(
-        f"{result.clients:>3} clients x {result.inflight} in flight: "
-        f"{result.rate:7.1f} predictions/s  "
+        f"{mode}: {result.rate:7.1f} predictions/s  "
         f"p50 {_percentile(lat, 50):6.1f}  p95 {_percentile(lat, 95):6.1f}  "
         f"p99 {_percentile(lat, 99):6.1f}  max {max(lat, default=float('nan')):6.1f} ms  "
         f"errors {errors} lost {result.lost}  digit correct {accuracy:5.1f}%"
@@ -524,13 +576,13 @@ def print_phase(result: PhaseResult) -> None:
     print(f"    load average before {_load(result.load_before)}, after {_load(result.load_after)}")
 
 
-def _counts(text: str, name: str) -> list[int]:
+def _counts(text: str, name: str, minimum: int = 1) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{name}: comma-separated integers") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{name}: each value at least 1")
+    if not values or min(values) < minimum:
+        raise argparse.ArgumentTypeError(f"{name}: each value at least {minimum}")
     return values
 
 
@@ -556,15 +608,24 @@ def main() -> int:
     parser.add_argument(
         "--clients",
         type=lambda t: _counts(t, "--clients"),
-        default=[1, 32],
-        help="websocket clients of each phase, comma-separated (default: 1,32)",
+        default=[1, 32, 32],
+        help="websocket clients of each phase, comma-separated: one phase per value "
+        "(default: 1,32,32)",
     )
     parser.add_argument(
         "--inflight",
         type=lambda t: _counts(t, "--inflight"),
-        default=[1, 4],
-        help="requests each client keeps in flight, one value per phase or one for all "
-        "(default: 1,4)",
+        default=[1, 2, 4],
+        help="requests a client keeps in flight (closed loop) or at most has in flight "
+        "(with --interval), one value per phase or one for all (default: 1,2,4)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=lambda t: _counts(t, "--interval", minimum=0),
+        default=[0, 125, 0],
+        help="milliseconds between a client's requests, as the page sends them while a "
+        "stroke grows (every 150 ms, at most 2 in flight); 0: closed loop, a new request as "
+        "each answer comes. One value per phase or one for all (default: 0,125,0)",
     )
     parser.add_argument(
         "--duration", type=float, default=10.0, help="measured seconds per phase (default: 10)"
@@ -603,9 +664,11 @@ def main() -> int:
         help="where MNIST is (default: DIGITS_DATA_DIR, ./data)",
     )
     args = parser.parse_args()
-    inflight = args.inflight if len(args.inflight) > 1 else args.inflight * len(args.clients)
-    if len(inflight) != len(args.clients):
-        parser.error("--inflight needs one value, or one per --clients phase")
+    phases = len(args.clients)
+    inflight = args.inflight if len(args.inflight) > 1 else args.inflight * phases
+    intervals = args.interval if len(args.interval) > 1 else args.interval * phases
+    if len(inflight) != phases or len(intervals) != phases:
+        parser.error("--inflight and --interval need one value, or one per --clients phase")
 
     images, source = make_images(args.images, args.seed, args.data_dir)
     print(f"Machine: {machine_line()}")
@@ -615,12 +678,13 @@ def main() -> int:
 
     def measure(service: Service) -> list[PhaseResult]:
         results = []
-        for clients, k in zip(args.clients, inflight, strict=True):
+        for clients, k, ms in zip(args.clients, inflight, intervals, strict=True):
             result = asyncio.run(
                 run_phase(
-                    images, clients, k, args.duration, args.warmup, drain, args.requests, service
+                    images, clients, k, ms / 1000, args.duration, args.warmup, drain,
+                    args.requests, service,
                 )
-            )
+            )  # fmt: skip
             print_phase(result)
             results.append(result)
         return results

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -251,15 +252,24 @@ def prepare(payload: str) -> Prepared:
     return Prepared(image, (time.perf_counter() - t0) * 1000)
 
 
-def prepare_batch(payloads: Sequence[str]) -> list[Prepared]:
-    """`prepare` every payload of a batch, in order."""
-    return [prepare(payload) for payload in payloads]
+def prepare_batch(payloads: Sequence[str], pool: Executor | None = None) -> list[Prepared]:
+    """`prepare` every payload of a batch, in order; across `pool`'s threads when given.
+
+    Pillow decodes and resizes, and numpy computes, with the GIL released for much of the
+    work, so on a machine with cores to spare (a GPU host) threads shorten a batch's
+    preprocessing, which then no longer dwarfs the model call. On a busy 2-core machine they
+    did not pay (benchmarks/inference_speed.py), hence DIGITS_PREPROCESS_THREADS=1 by default.
+    """
+    if pool is None or len(payloads) < 2:
+        return [prepare(payload) for payload in payloads]
+    return list(pool.map(prepare, payloads))
 
 
 def answer_batch(
     items: Sequence[Mapping[str, Any]],
     predictor: Predictor,
     now: Callable[[], float] = time.time,
+    pool: Executor | None = None,
 ) -> list[Answer]:
     """Answers for one batch of task kwargs (see `classifier.tasks.submit`).
 
@@ -276,7 +286,8 @@ def answer_batch(
         else:
             live.append(item)
     good: list[tuple[Mapping[str, Any], Prepared]] = []
-    for item, prepared in zip(live, prepare_batch([i["image"] for i in live]), strict=True):
+    prepared_all = prepare_batch([i["image"] for i in live], pool)
+    for item, prepared in zip(live, prepared_all, strict=True):
         if prepared.error is None:
             good.append((item, prepared))
         elif isinstance(prepared.error, ImageError):
@@ -326,12 +337,15 @@ def _error(item: Mapping[str, Any], code: str, message: str) -> Answer:
 class WorkerState:
     """What one worker process holds for its whole life."""
 
-    def __init__(self, model: ModelHolder, sender: ReplySender) -> None:
+    def __init__(
+        self, model: ModelHolder, sender: ReplySender, pool: ThreadPoolExecutor | None = None
+    ) -> None:
         self.model = model
         self.sender = sender
+        self.pool = pool  # preprocessing threads, when DIGITS_PREPROCESS_THREADS > 1
 
     def serve(self, items: Sequence[Mapping[str, Any]]) -> None:
-        answers = answer_batch(items, self.model.current())
+        answers = answer_batch(items, self.model.current(), pool=self.pool)
         self.sender.send([(a.channel, a.message) for a in answers])
 
 
@@ -349,10 +363,12 @@ def start(
     reload_interval: float,
     send_timeout: float,
     torch_threads: int = 0,
+    preprocess_threads: int = 1,
 ) -> WorkerState:
     """Load the model once for this process; raise `WorkerStartError` saying why it cannot.
 
-    `torch_threads` > 0 caps PyTorch's CPU threads for this process (0 keeps its default).
+    `torch_threads` > 0 caps PyTorch's CPU threads for this process (0 keeps its default);
+    `preprocess_threads` > 1 decodes and preprocesses a batch's images on that many threads.
     """
     global _state
     with _state_lock:
@@ -363,7 +379,10 @@ def start(
                 model = ModelHolder.load(weights, device, reload_interval)
             except Exception as exc:
                 raise WorkerStartError(f"Cannot load the model from {weights}: {exc}") from exc
-            _state = WorkerState(model, ReplySender(timeout=send_timeout))
+            pool = None
+            if preprocess_threads > 1:
+                pool = ThreadPoolExecutor(preprocess_threads, thread_name_prefix="digits-prep")
+            _state = WorkerState(model, ReplySender(timeout=send_timeout), pool)
         return _state
 
 
@@ -378,4 +397,6 @@ def stop() -> None:
     with _state_lock:
         if _state is not None:
             _state.sender.close()
+            if _state.pool is not None:
+                _state.pool.shutdown()
             _state = None

@@ -186,9 +186,9 @@ DIGITS_REQUEST_TIMEOUT = env_float("DIGITS_REQUEST_TIMEOUT", 5.0)
 CELERY_TASK_DEFAULT_QUEUE = DIGITS_INFERENCE_QUEUE
 
 # The worker gathers queued requests into one model call (classifier.tasks.StreamBatches): up to
-# DIGITS_BATCH_SIZE requests; a batch goes once no request arrived for half of
-# DIGITS_BATCH_FLUSH_MS (a lone request waits about one flush interval), and none waits longer
-# than DIGITS_BATCH_MAX_WAIT_MS for its batch to fill.
+# DIGITS_BATCH_SIZE requests. A request with nothing queued behind it goes at once; otherwise the
+# batch is checked every DIGITS_BATCH_FLUSH_MS and goes when the queue in Redis is empty, when it
+# is full, or when its first request has waited DIGITS_BATCH_MAX_WAIT_MS.
 DIGITS_BATCH_SIZE = env_int("DIGITS_BATCH_SIZE", 64)
 DIGITS_BATCH_FLUSH_MS = env_float("DIGITS_BATCH_FLUSH_MS", 2.0)
 DIGITS_BATCH_MAX_WAIT_MS = env_float("DIGITS_BATCH_MAX_WAIT_MS", 20.0)
@@ -206,6 +206,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 2 * DIGITS_BATCH_SIZE
 # threads than it gets cores, turned a 3 ms batch into 270 ms on a busy 2-core machine. 0 leaves
 # PyTorch's default (one per core).
 DIGITS_TORCH_THREADS = env_int("DIGITS_TORCH_THREADS", 1)
+# Threads a worker decodes and preprocesses a batch's images on (classifier.worker.prepare_batch).
+# One by default: on a busy 2-core machine more did not pay. On a GPU host with cores to spare,
+# more keep preprocessing from dwarfing the model call (benchmarks/inference_speed.py measures it).
+DIGITS_PREPROCESS_THREADS = env_int("DIGITS_PREPROCESS_THREADS", 1)
 
 # How often (seconds, at most) a worker checks DIGITS_WEIGHTS for new weights before a batch.
 DIGITS_RELOAD_INTERVAL = env_float("DIGITS_RELOAD_INTERVAL", 0.5)

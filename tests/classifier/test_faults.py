@@ -1,9 +1,11 @@
-"""Faults, for real: a worker SIGKILLed mid-batch, no worker at all, Redis killed and restarted.
+"""Faults, for real: a worker SIGKILLed mid-batch, no worker at all, Redis killed and restarted,
+weights that cannot be served.
 
 The service runs on a Redis of this module's own (the machine's shared one must stay up), with
-two workers and one daphne started exactly as `make run` starts them. Every test checks that
-every accepted request got exactly one answer (a prediction, or an error saying why), and ends
-with a good request answered. The figures are printed (`pytest -s`) for the README.
+two workers and one daphne started exactly as `make run` starts them. Every test of the running
+service checks that every accepted request got exactly one answer (a prediction, or an error
+saying why), and ends with a good request answered. The figures are printed (`pytest -s`)
+for the README.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import base64
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 import urllib.error
@@ -20,6 +23,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +31,8 @@ import redis
 import websockets
 
 from classifier import protocol
+from classifier.heartbeat import registry_key
+from classifier.management.commands.runstack import worker_argv
 from digits_site.embedded_redis import EmbeddedRedis
 from tests.helpers import Stack, render_digit_png, service_env, shipped_weights
 
@@ -318,3 +324,29 @@ def test_redis_killed_and_restarted_under_traffic_everything_reconnects(
     wait_until(lambda: readiness(main)[0] == 200, 30, "/readyz is ready again")
     assert good_request(main)["type"] == protocol.PREDICTION
     assert main.web.poll() is None and main.worker.poll() is None  # nothing was restarted
+
+
+def test_a_worker_with_truncated_weights_refuses_to_start_saying_why(
+    private_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """It exits non-zero naming the file and the reason, and never announces itself (so the
+    web side keeps answering `unavailable` and /readyz stays 503). Missing and foreign files:
+    tests/classifier/test_worker.py."""
+    path = tmp_path / "digits-cnn.safetensors"
+    path.write_bytes(shipped_weights().read_bytes()[:20_000])
+    queue = f"refusing-{uuid.uuid4().hex[:8]}"
+    env = service_env(
+        private_redis.url,
+        {"DIGITS_INFERENCE_QUEUE": queue, "DIGITS_CHANNEL_PREFIX": queue},
+        DIGITS_WEIGHTS=str(path),
+    )
+    done = subprocess.run(
+        worker_argv(f"{queue}@%h"), env=env, capture_output=True, text=True, timeout=180
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "cannot start" in output and str(path) in output
+    assert "truncated" in output
+    client = redis.Redis.from_url(private_redis.url)
+    assert not client.exists(registry_key(queue))  # never announced
+    client.close()

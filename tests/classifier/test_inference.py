@@ -13,8 +13,8 @@ import torch
 from classifier.canvas import TEMPLATES, render_template_png
 from classifier.inference import Predictor, resolve_device
 from classifier.model import ARCHITECTURE, build_model
-from classifier.preprocessing import preprocess
-from classifier.weights import WeightsError, save_weights
+from classifier.preprocessing import normalize, preprocess
+from classifier.weights import WeightsError, load_weights, save_weights
 from tests.classifier.conftest import SHIPPED_WEIGHTS
 
 
@@ -175,3 +175,21 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_the_served_model_is_the_trained_model_folded(shipped):
+    """Serving folds each batch norm into its convolution and uses channels-last weights
+    (`optimise_for_inference`, for speed); the probabilities stay the trained model's."""
+    state_dict, metadata = load_weights(SHIPPED_WEIGHTS)
+    eager = build_model(metadata["architecture"])
+    eager.load_state_dict(state_dict)
+    eager.eval()
+    served = shipped.model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in served.modules())
+    conv = next(m for m in served.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+    images = np.random.default_rng(7).integers(0, 256, (32, 28, 28), dtype=np.uint8)
+    with torch.inference_mode():
+        expected = torch.softmax(eager(normalize(images)), dim=1).numpy()
+    assert np.allclose(shipped.predict_proba(images), expected, atol=1e-5)

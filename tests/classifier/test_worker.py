@@ -10,6 +10,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,26 @@ def test_a_batch_is_one_model_call_and_bad_images_fail_alone(predictor: Predicto
         assert answer.channel == sent["reply_channel"]
         assert answer.message["type"] == protocol.ANSWER_MESSAGE
         assert answer.message["ticket"] == sent["ticket"]
+
+
+def test_preprocessing_threads_give_the_same_answers_in_the_same_order(
+    predictor: Predictor,
+) -> None:
+    items = [item(f"r{n}", render_digit_png(n % 10, index=n)) for n in range(12)]
+    items.insert(5, item("blank", blank_png()))
+    with ThreadPoolExecutor(3) as pool:
+        threaded = answer_batch(items, predictor, pool=pool)
+    serial = answer_batch(items, predictor)
+    assert [a.channel for a in threaded] == [a.channel for a in serial]
+    for a, b in zip(threaded, serial, strict=True):
+        fa, fb = a.message["frame"], b.message["frame"]
+        assert (fa["type"], fa.get("digit"), fa.get("code")) == (
+            fb["type"],
+            fb.get("digit"),
+            fb.get("code"),
+        )
+        assert fa.get("probabilities") == fb.get("probabilities")
+    assert frames(threaded)["blank"]["code"] == protocol.EMPTY
 
 
 def test_requests_past_their_deadline_are_dropped(predictor: Predictor) -> None:
