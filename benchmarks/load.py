@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -475,7 +476,10 @@ def local_stack(redis_url: str | None, device: str, max_inflight: int) -> Iterat
                 raise RuntimeError(f"The stack was not ready in time; see {log_path}")
             time.sleep(0.2)
         url, origin = f"ws://127.0.0.1:{port}/{PREDICT_PATH}", f"http://127.0.0.1:{port}"
-        while not asyncio.run(_accepts(url, origin)):
+        # /readyz, not a websocket: a socket closed while its consumer waits on the channel
+        # layer can stall the process's answers for seconds (channels_redis and redis-py lose
+        # the cancellation of a pending read), and the first requests would pay for it.
+        while not _ready(f"{origin}/readyz"):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"The web server did not come up; see {log_path}")
             time.sleep(0.2)
@@ -494,11 +498,11 @@ def local_stack(redis_url: str | None, device: str, max_inflight: int) -> Iterat
                 process.wait()
 
 
-async def _accepts(url: str, origin: str) -> bool:
+def _ready(url: str) -> bool:
     try:
-        async with websockets.connect(url, origin=origin, open_timeout=2):
-            return True
-    except (OSError, websockets.exceptions.WebSocketException, TimeoutError):
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:  # refused, or 503 (HTTPError) while the worker is not yet announced
         return False
 
 

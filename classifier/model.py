@@ -52,14 +52,17 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-# The name stored with the weights; loading refuses weights made for another architecture.
+# Architecture names are stored with the weights; loading refuses weights whose tensors do not
+# fit the architecture they name.
+# The shipped model: the most accurate of the two (0.17 M parameters).
 ARCHITECTURE = "digits-cnn-v1"
+# Half as wide, twice as fast to train: what a default `train` builds, so that a full run fits in
+# five minutes on a two-core CPU (75 k parameters).
+FAST_ARCHITECTURE = "digits-cnn-small"
 
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     ARCHITECTURE: lambda: DigitsCNN((32, 48, 96)),
-    # Experiments only.
-    "digits-cnn-small": lambda: DigitsCNN((16, 32, 64)),
-    "digits-cnn-large": lambda: DigitsCNN((32, 64, 128)),
+    FAST_ARCHITECTURE: lambda: DigitsCNN((16, 32, 64)),
 }
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from classifier.augment import AugmentConfig, augment_batch
 from classifier.data import MnistData, Split
 from classifier.devices import resolve_device
-from classifier.model import ARCHITECTURE, NUM_CLASSES, build_model
+from classifier.model import FAST_ARCHITECTURE, NUM_CLASSES, build_model
 from classifier.preprocessing import normalize
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ DEFAULT_BATCH_SIZE = 128
 DEFAULT_LR = 3e-3
 DEFAULT_WEIGHT_DECAY = 5e-4
 DEFAULT_SEED = 1
+DEFAULT_ARCHITECTURE = FAST_ARCHITECTURE
 EVAL_BATCH_SIZE = 1000
 
 
@@ -49,7 +50,7 @@ class TrainConfig:
     limit: int | None = None  # train on the first N training images only
     label_smoothing: float = 0.0
     augment: bool = True
-    architecture: str = ARCHITECTURE
+    architecture: str = DEFAULT_ARCHITECTURE
     threads: int | None = None  # CPU threads; None keeps torch's default
 
 
@@ -192,7 +193,7 @@ def train(
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
             images = train_split.images[index]
             labels = train_split.labels[index]
-            x = augment_batch(images, generator, augment) if config.augment else images
+            x = augment_batch(images, generator, augment, labels) if config.augment else images
             x = normalize(x).contiguous(memory_format=torch.channels_last)
             with _autocast(device):
                 logits = model(x)

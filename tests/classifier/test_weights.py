@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from classifier.model import ARCHITECTURE, build_model
+from classifier.model import ARCHITECTURE, FAST_ARCHITECTURE, build_model
 from classifier.weights import (
     WEIGHTS_FORMAT,
     WeightsError,
@@ -136,7 +136,7 @@ def test_unknown_architecture(model, tmp_path):
 
 
 def test_wrong_shapes(tmp_path):
-    other = build_model("digits-cnn-small").state_dict()
+    other = build_model(FAST_ARCHITECTURE).state_dict()
     path = tmp_path / "mislabelled.safetensors"
     _ours(other, path)
     with pytest.raises(WeightsError, match="does not fit architecture") as info:

@@ -16,9 +16,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from classifier.data import DataError, load_mnist
 from classifier.devices import DEVICE_CHOICES
-from classifier.model import ARCHITECTURE, ARCHITECTURES
+from classifier.model import ARCHITECTURES
 from classifier.report import build_report, format_confusion, per_digit_dict, write_report
 from classifier.training import (
+    DEFAULT_ARCHITECTURE,
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
     DEFAULT_LR,
@@ -124,8 +125,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--architecture",
             choices=sorted(ARCHITECTURES),
-            default=ARCHITECTURE,
-            help=f"network to train (default: {ARCHITECTURE})",
+            default=DEFAULT_ARCHITECTURE,
+            help=f"network to train; the shipped model is digits-cnn-v1 "
+            f"(default: {DEFAULT_ARCHITECTURE})",
         )
         parser.add_argument(
             "--no-progress",
