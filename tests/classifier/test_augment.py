@@ -6,7 +6,13 @@ import dataclasses
 
 import torch
 
-from classifier.augment import AugmentConfig, augment_batch, random_affine, stroke_width
+from classifier.augment import (
+    AugmentConfig,
+    add_flags,
+    augment_batch,
+    random_affine,
+    stroke_width,
+)
 
 
 def digits_like(n: int = 16) -> torch.Tensor:
@@ -80,3 +86,27 @@ def test_shear_slants_a_vertical_bar():
     out = random_affine(x, slant_only, torch.Generator().manual_seed(0))[:, 0]
     top, bottom = out[:, 6].argmax(dim=1), out[:, 21].argmax(dim=1)
     assert (top != bottom).sum() >= 12  # all but the few drawn near zero shear lean over
+
+
+def test_flags_go_on_some_ones_only():
+    images = digits_like(64)
+    images[:, 13:15, 8:20] = 0  # a bare vertical stroke: a 1
+    labels = torch.tensor([1, 7] * 32)
+    x = images.unsqueeze(1).float() / 255
+    flagged = add_flags(x, labels, AugmentConfig(flag_p=1.0), torch.Generator().manual_seed(0))
+    added = (flagged - x).sum(dim=(1, 2, 3))
+    assert (added[labels == 1] > 2).all()  # every 1 got a stroke...
+    assert (added[labels == 7] == 0).all()  # ...and nothing else did
+    # The flag leaves the top of the stroke down to the left.
+    left_of_stroke = flagged[labels == 1, 0, 5:12, :13]
+    assert (left_of_stroke.amax(dim=(1, 2)) > 0.5).all()
+
+
+def test_flags_do_not_change_what_a_seed_gives_other_images():
+    images = digits_like(8)
+    generator_a, generator_b = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    with_ones = augment_batch(images, generator_a, labels=torch.ones(8, dtype=torch.long))
+    without = augment_batch(images, generator_b, labels=torch.zeros(8, dtype=torch.long))
+    assert with_ones.shape == without.shape
+    # The random stream stays in step: a second batch is the same whichever labels came first.
+    assert torch.equal(augment_batch(images, generator_a), augment_batch(images, generator_b))
