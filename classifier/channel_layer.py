@@ -54,9 +54,7 @@ class BatchedReceiveRedisChannelLayer(RedisChannelLayer):
     300 ms at 60 answers/s on the shared 2-core machine (benchmarks/load.py). Here, after the
     blocking pop of the first, one script moves every other waiting message to the backup and
     returns it (the same crash-safety: a message stays in the backup until it is buffered), and
-    each is put in its socket's buffer as channels_redis does with the one it pops: 10 to 45 ms
-    from the worker's send to the consumer under the same load, and a third less CPU per answer
-    in the web process.
+    each is put in its socket's buffer as channels_redis does with the one it pops: 20 ms.
     """
 
     async def receive_single(self, channel: str) -> tuple[Any, dict[str, Any]]:
