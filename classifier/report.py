@@ -90,12 +90,13 @@ def plot_report(report: dict) -> bytes:
     acc_ax.legend()
 
     confusion = report["test"]["confusion"]
-    # Log-ish colour scale: the diagonal would otherwise hide every error.
+    # Only errors are coloured: the diagonal would otherwise wash every error out.
     shown = [[(v if t != p else 0) for p, v in enumerate(row)] for t, row in enumerate(confusion)]
     conf_ax.imshow(shown, cmap="Reds")
+    darkest = max(max(row) for row in shown) or 1
     for t, row in enumerate(confusion):
         for p, value in enumerate(row):
-            colour = "black" if t != p else "tab:blue"
+            colour = "tab:blue" if t == p else "white" if value > 0.6 * darkest else "black"
             conf_ax.text(p, t, str(value), ha="center", va="center", fontsize=7, color=colour)
     conf_ax.set(
         title=f"Test confusion ({100 * report['test']['accuracy']:.2f}% correct)",

@@ -13,7 +13,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -144,12 +144,34 @@ def train(
 ) -> TrainResult:
     """Fit a fresh network on `data.train`, keep the epoch that scores best on validation."""
     device = resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    # Same seed, same weights on the CPU: forbid nondeterministic kernels there (it costs
+    # nothing on the CPU). Both settings are process-wide, so they are restored afterwards.
+    with _torch_settings(threads=config.threads, deterministic=device.type == "cpu"):
+        return _fit(config, data, device, progress, on_epoch)
+
+
+@contextlib.contextmanager
+def _torch_settings(threads: int | None, deterministic: bool) -> Iterator[None]:
+    previous_threads = torch.get_num_threads()
+    previous_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+        yield
+    finally:
+        torch.set_num_threads(previous_threads)
+        torch.use_deterministic_algorithms(previous_deterministic)
+
+
+def _fit(
+    config: TrainConfig,
+    data: MnistData,
+    device: torch.device,
+    progress: bool,
+    on_epoch: Callable[[EpochStats], None] | None,
+) -> TrainResult:
     seed_everything(config.seed)
-    if device.type == "cpu":
-        # Same seed, same weights: forbid nondeterministic kernels where it costs nothing.
-        torch.use_deterministic_algorithms(True)
     generator = torch.Generator(device=device).manual_seed(config.seed)
 
     train_split = data.train.head(config.limit).to(device)

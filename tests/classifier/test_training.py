@@ -42,9 +42,14 @@ def test_same_seed_same_weights_other_seed_other_weights(small):
         config = TrainConfig(epochs=1, limit=512, batch_size=64, device="cpu", seed=seed)
         return train(config, small, progress=False).model.state_dict()
 
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
     a, b, c = weights(11), weights(11), weights(12)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+    # Process-wide torch settings are put back for whatever runs next in this process.
+    assert torch.get_num_threads() == threads
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
 
 
 def test_evaluate_model_counts(small):
