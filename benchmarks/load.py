@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -438,6 +439,7 @@ def local_stack(redis_url: str | None, device: str, max_inflight: int) -> Iterat
     port = free_port()
     directory = Path(tempfile.mkdtemp(prefix="digits-load-"))
     log_path = directory / "stack.log"
+    failed = True
     env = os.environ.copy()
     env.pop("REDIS_URL", None)
     tag = uuid.uuid4().hex[:8]
@@ -486,6 +488,7 @@ def local_stack(redis_url: str | None, device: str, max_inflight: int) -> Iterat
         private = re.search(r"Private Redis at (\S+)", log_path.read_text(errors="replace"))
         children = stack_processes(process.pid)
         yield Service(url, origin, redis_url or (private and private[1]), children, log_path)
+        failed = False  # the log is kept only when something went wrong
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)  # runstack stops web, worker, Redis in order
@@ -496,6 +499,8 @@ def local_stack(redis_url: str | None, device: str, max_inflight: int) -> Iterat
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
                 process.wait()
+        if not failed:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _ready(url: str) -> bool:
@@ -699,7 +704,7 @@ def main() -> int:
         results = measure(Service(args.url, origin, args.redis_url))
     else:
         with local_stack(args.redis_url, args.device, max(inflight)) as service:
-            print(f"Service: runstack at {service.url} (log {service.log}), per-client limits off")
+            print(f"Service: runstack at {service.url}, per-client limits off")
             results = measure(service)
 
     if args.limit_seconds > 0:

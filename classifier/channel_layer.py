@@ -12,9 +12,11 @@ so an outage costs Redis a few connection attempts a second, not one per socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -30,73 +32,100 @@ RETRY_FIRST = 0.1
 RETRY_MAX = 2.0
 
 
-# Most messages one receive takes off a process's channel in one go.
+# Most messages the reader takes off the process's channel in one round trip.
 RECEIVE_BATCH = 64
-# KEYS: the channel's sorted set and its backup. ARGV: how many. Moves up to that many of the
-# oldest messages to the backup, as `_brpop_with_clean` does with the one it pops, and returns
-# them (member, score, member, score...).
-POP_MORE_SCRIPT = """
-local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
-for i = 1, #popped, 2 do
-    redis.call('ZADD', KEYS[2], popped[i + 1], popped[i])
-end
-return popped
-"""
+
+
+@dataclass(frozen=True)
+class _ReaderFailed:
+    """Put in every socket's buffer when the reader loses Redis: each receive raises it."""
+
+    error: BaseException
 
 
 class BatchedReceiveRedisChannelLayer(RedisChannelLayer):
-    """`RedisChannelLayer` taking every waiting answer of the process in one receive.
+    """`RedisChannelLayer` whose sockets' answers are read by one task per process.
 
     All sockets of a web process share one Redis key for their answers (the process-local
-    channel `specific.<id>!`), and channels_redis takes messages off it one at a time: four
-    round trips each (restore the backup, BZPOPMIN, back the message up, delete the backup),
-    on the event loop that also serves every socket. Under load answers waited there: 200 to
-    300 ms at 60 answers/s on the shared 2-core machine (benchmarks/load.py). Here, after the
-    blocking pop of the first, one script moves every other waiting message to the backup and
-    returns it (the same crash-safety: a message stays in the backup until it is buffered), and
-    each is put in its socket's buffer as channels_redis does with the one it pops: 20 ms.
+    channel `specific.<id>!`). channels_redis reads it from inside the sockets' own receives:
+    whichever socket holds a lock takes one message for anyone, four round trips each (restore
+    the backup, BZPOPMIN, back the message up, delete the backup, so that a receive cancelled
+    mid-read loses nothing). Under load answers waited there: 200 to 300 ms at 60 answers/s on
+    the shared 2-core machine (benchmarks/load.py). Worse, an answer could wait for the next
+    one: a socket holding the lock blocks in BZPOPMIN for everybody and does not see its own
+    buffer fill meanwhile; the last answers of a burst waited seconds, or timed out.
+
+    Here one reader task per process, started by the first receive and ending when nobody
+    receives, does the reading: BZPOPMIN, the message straight into its socket's buffer, then
+    one ZPOPMIN for up to RECEIVE_BATCH - 1 others that waited behind it. Two round trips per
+    burst of answers, none on a lone answer's path after the pop, and a receive is only a wait
+    on the socket's own buffer. Sockets come and go without touching Redis, so no read is ever
+    cancelled halfway, and no backup is needed; a reader ends only with its process (or its
+    event loop), whose sockets die with it.
     """
 
-    async def receive_single(self, channel: str) -> tuple[Any, dict[str, Any]]:
-        if "!" not in channel:  # a shared (non-local) channel: one message, as before
-            return await super().receive_single(channel)
-        assert self.require_valid_channel_name(channel, receive=True)
-        index = self.consistent_hash(channel)
-        channel_key = self.prefix + channel
-        backup = self._backup_channel_name(channel_key)
-        await self.receive_clean_locks.acquire(channel_key)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reader: asyncio.Task[None] | None = None
+        self._receiving = 0
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        if "!" not in channel:  # a shared (non-local) channel: channels_redis's own way
+            return await super().receive(channel)
+        assert self.require_valid_channel_name(channel)
+        real_channel = self.non_local_name(channel)
+        assert real_channel.endswith(self.client_prefix + "!"), "Wrong client prefix"
+        buffer = self.receive_buffer[channel]
+        self._receiving += 1
         try:
-            content = None
-            while content is None:  # cancellation loses nothing: the backup keeps it
-                content = await self._brpop_with_clean(index, channel_key, self.brpop_timeout)
-            connection = self.connection(index)
-            more = await connection.eval(POP_MORE_SCRIPT, 2, channel_key, backup, RECEIVE_BATCH - 1)
-            contents = [content, *more[::2]]
-            # Delete them from the backup once buffered, as channels_redis's cleaner does.
-            cleaner = asyncio.ensure_future(connection.zpopmin(backup, len(contents)))
-            self.receive_cleaners.append(cleaner)
-
-            def cleaned(task: asyncio.Future[Any]) -> None:
-                self.receive_cleaners.remove(task)
-                self.receive_clean_locks.release(channel_key)
-
-            cleaner.add_done_callback(cleaned)
-        except BaseException:
-            self.receive_clean_locks.release(channel_key)
+            if self._reader is None or self._reader.done():
+                self._reader = asyncio.ensure_future(self._read(real_channel))
+            message = await buffer.get()
+        except asyncio.CancelledError:
+            # The socket is closing: its buffer goes, and answers still to come are dropped.
+            self.receive_buffer.pop(channel, None)
             raise
-        messages = []
-        for item in contents:
-            message = self.deserialize(item)
-            messages.append((message.pop("__asgi_channel__", channel), message))
-        # `receive` buffers the first as soon as this returns, with no await in between; the
-        # others go after it, so each socket gets its answers in the order they were sent.
-        asyncio.get_running_loop().call_soon(self._buffer_messages, messages[1:])
-        return messages[0]
+        finally:
+            self._receiving -= 1
+        if isinstance(message, _ReaderFailed):
+            raise message.error
+        return message
 
-    def _buffer_messages(self, messages: list[tuple[Any, dict[str, Any]]]) -> None:
-        for target, message in messages:
-            for name in target if isinstance(target, list) else [target]:
-                self.receive_buffer[name].put_nowait(message)
+    async def _read(self, real_channel: str) -> None:
+        """Move every answer for this process from Redis to its socket's buffer, while any
+        socket receives."""
+        connection = self.connection(self.consistent_hash(real_channel))
+        key = self.prefix + real_channel
+        try:
+            while self._receiving > 0:
+                popped = await connection.bzpopmin(key, timeout=self.brpop_timeout)
+                if popped is None:
+                    continue
+                self._deliver(popped[1])
+                for item, _score in await connection.zpopmin(key, RECEIVE_BATCH - 1):
+                    self._deliver(item)
+        except asyncio.CancelledError:
+            raise  # the event loop or the layer is closing
+        except Exception as exc:
+            # Every socket hears of it from its receive (ResilientRedisChannelLayer answers
+            # their requests in flight); the next receive starts a new reader.
+            for buffer in self.receive_buffer.values():
+                buffer.put_nowait(_ReaderFailed(exc))
+
+    def _deliver(self, item: bytes) -> None:
+        message = self.deserialize(item)
+        target = message.pop("__asgi_channel__", None)
+        for name in target if isinstance(target, list) else [target]:
+            buffer = self.receive_buffer.get(name)
+            if buffer is not None:  # else its socket has closed
+                buffer.put_nowait(message)
+
+    async def close_pools(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await super().close_pools()
 
 
 class ResilientRedisChannelLayer(BatchedReceiveRedisChannelLayer):
@@ -110,7 +139,11 @@ class ResilientRedisChannelLayer(BatchedReceiveRedisChannelLayer):
     async def receive(self, channel: str) -> dict[str, Any]:
         wait = self._retry_at - time.monotonic()
         if wait > 0:
-            await asyncio.sleep(wait)
+            try:
+                await asyncio.sleep(wait)
+            except asyncio.CancelledError:
+                self.receive_buffer.pop(channel, None)  # the socket closed meanwhile
+                raise
         try:
             message = await super().receive(channel)
         except (redis.RedisError, OSError) as exc:
