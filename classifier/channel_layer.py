@@ -109,8 +109,9 @@ class BatchedReceiveRedisChannelLayer(RedisChannelLayer):
         except Exception as exc:
             # Every socket hears of it from its receive (ResilientRedisChannelLayer answers
             # their requests in flight); the next receive starts a new reader.
-            for buffer in self.receive_buffer.values():
-                buffer.put_nowait(_ReaderFailed(exc))
+            for name, buffer in self.receive_buffer.items():
+                if "!" in name:  # the sockets' own channels, not shared ones
+                    buffer.put_nowait(_ReaderFailed(exc))
 
     def _deliver(self, item: bytes) -> None:
         message = self.deserialize(item)

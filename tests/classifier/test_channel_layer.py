@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from channels_redis.core import RedisChannelLayer
 
-from classifier.channel_layer import RECEIVE_BATCH, ResilientRedisChannelLayer
-from digits_site.embedded_redis import EmbeddedRedis
+from classifier.channel_layer import LAYER_LOST, RECEIVE_BATCH, ResilientRedisChannelLayer
+from digits_site.embedded_redis import EmbeddedRedis, free_port
 
 
 @pytest.fixture
@@ -129,3 +129,23 @@ def test_a_socket_closing_mid_receive_holds_up_no_other_socket(config) -> None:
 def await_n(message: dict[str, Any]) -> int:
     assert message["type"] == "digits.answer"
     return message["n"]
+
+
+def test_every_socket_hears_that_redis_is_gone() -> None:
+    """The reader cannot reach Redis: each socket's receive reports it (the consumer then answers
+    its requests in flight), rather than one socket hearing of it and the others waiting."""
+    config = {
+        "hosts": [{"address": f"redis://127.0.0.1:{free_port()}/0", "socket_connect_timeout": 1}],
+        "prefix": f"layer-{uuid.uuid4().hex[:8]}",
+    }
+
+    async def scenario() -> list[str]:
+        web = ResilientRedisChannelLayer(**config)
+        channels = [await web.new_channel() for _ in range(3)]
+        messages = await asyncio.wait_for(
+            asyncio.gather(*(web.receive(channel) for channel in channels)), 10
+        )
+        await web.close_pools()
+        return [message["type"] for message in messages]
+
+    assert asyncio.run(scenario()) == [LAYER_LOST] * 3
