@@ -427,6 +427,7 @@ class Service:
     redis_url: str | None = None  # for the round-trip probe
     processes: dict[str, int] = field(default_factory=dict)  # pid by role, for CPU accounting
     log: Path | None = None
+    keep_log: bool = False  # a stack started here deletes its log unless told to keep it
 
 
 @contextmanager
@@ -478,17 +479,16 @@ def local_stack(redis_url: str | None, device: str, max_inflight: int) -> Iterat
                 raise RuntimeError(f"The stack was not ready in time; see {log_path}")
             time.sleep(0.2)
         url, origin = f"ws://127.0.0.1:{port}/{PREDICT_PATH}", f"http://127.0.0.1:{port}"
-        # /readyz, not a websocket: a socket closed while its consumer waits on the channel
-        # layer can stall the process's answers for seconds (channels_redis and redis-py lose
-        # the cancellation of a pending read), and the first requests would pay for it.
+        # /readyz: the web server answers and a worker has announced itself.
         while not _ready(f"{origin}/readyz"):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"The web server did not come up; see {log_path}")
             time.sleep(0.2)
         private = re.search(r"Private Redis at (\S+)", log_path.read_text(errors="replace"))
         children = stack_processes(process.pid)
-        yield Service(url, origin, redis_url or (private and private[1]), children, log_path)
-        failed = False  # the log is kept only when something went wrong
+        service = Service(url, origin, redis_url or (private and private[1]), children, log_path)
+        yield service
+        failed = service.keep_log  # the log is kept only when something went wrong
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)  # runstack stops web, worker, Redis in order
@@ -706,6 +706,9 @@ def main() -> int:
         with local_stack(args.redis_url, args.device, max(inflight)) as service:
             print(f"Service: runstack at {service.url}, per-client limits off")
             results = measure(service)
+            if any(r.lost or sum(r.errors.values()) for r in results):
+                service.keep_log = True
+                print(f"Errors or lost answers: the stack's log is kept at {service.log}")
 
     if args.limit_seconds > 0:
         limit, batch = in_process_limit(images, args.limit_seconds, args.device)
