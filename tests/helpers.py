@@ -24,6 +24,7 @@ from django.conf import settings
 from PIL import Image
 
 from classifier import protocol
+from classifier.canvas import TEMPLATES, render_template
 from classifier.management.commands.runstack import stop_process, web_argv, worker_argv
 from classifier.routing import PREDICT_PATH
 from classifier.tasks import READY_MESSAGE
@@ -191,12 +192,13 @@ class Stack:
 # --- Images -------------------------------------------------------------------------------------
 
 
-def mnist_test_digit(digit: int, index: int = 0) -> np.ndarray:
-    """The `index`-th MNIST test image of `digit` (28x28 uint8, white ink on black)."""
+def mnist_test_digit(digit: int, index: int = 0) -> np.ndarray | None:
+    """The `index`-th MNIST test image of `digit` (28x28 uint8, white ink on black), or None
+    when MNIST is not where DIGITS_DATA_DIR points."""
     raw = Path(settings.DIGITS_DATA_DIR) / "MNIST" / "raw"
     images_path, labels_path = raw / "t10k-images-idx3-ubyte", raw / "t10k-labels-idx1-ubyte"
-    if not images_path.is_file():
-        pytest.fail(f"MNIST test images not found under {raw}: set DIGITS_DATA_DIR.")
+    if not (images_path.is_file() and labels_path.is_file()):
+        return None
     labels = np.frombuffer(labels_path.read_bytes(), dtype=np.uint8, offset=8)
     images = np.frombuffer(images_path.read_bytes(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
     return images[np.flatnonzero(labels == digit)[index]]
@@ -205,11 +207,19 @@ def mnist_test_digit(digit: int, index: int = 0) -> np.ndarray:
 def render_digit_png(
     digit: int, index: int = 0, size: int = 280, ink_on_white: bool = True
 ) -> bytes:
-    """A real handwritten `digit` (from the MNIST test set) as a canvas-sized PNG: scaled up
-    smoothly, dark ink on a white background by default, as a drawing page sends it."""
-    image = Image.fromarray(mnist_test_digit(digit, index)).resize(
-        (size, size), Image.Resampling.BILINEAR
-    )
+    """A handwritten `digit` as a canvas-sized PNG, dark ink on a white background by default.
+
+    The `index`-th MNIST test image of it, scaled up smoothly, when MNIST is at hand; else (a
+    clone with no dataset beside it) the `index`-th stroke template of it drawn with a round
+    brush (classifier.canvas), so that the service's tests need no dataset.
+    """
+    mnist = mnist_test_digit(digit, index)
+    if mnist is None:
+        variants = list(TEMPLATES[digit])
+        style = "inverted" if ink_on_white else "page"
+        image = render_template(digit, variants[index % len(variants)], style=style, size=size)
+        return png_bytes(image.convert("RGBA"))
+    image = Image.fromarray(mnist).resize((size, size), Image.Resampling.BILINEAR)
     if ink_on_white:
         image = Image.eval(image, lambda v: 255 - v)
     return png_bytes(image.convert("RGBA"))
