@@ -4,7 +4,7 @@
 
 Canvas set: MNIST test digits thinned to their skeletons and redrawn with a round brush around
 the page's width, at a random size and place on a 384x384 canvas, in the page's colours and
-others (classifier/canvas.py). Bitmap set: MNIST test digits as black-on-white PNGs of 16 to 64
+others (classifier/ml/canvas.py). Bitmap set: MNIST test digits as black-on-white PNGs of 16 to 64
 pixels, as other clients send them. Templates: hand-drawn stroke templates in several writing
 styles, at random sizes, places and slants. Every image goes through the service's own path,
 PNG bytes -> `preprocess` -> `Predictor`, and the same digits straight from MNIST are scored
@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from classifier.canvas import (  # noqa: E402 - after the path set-up
+from classifier.ml.canvas import (  # noqa: E402 - after the path set-up
     CANVAS_SIZE,
     STYLE_WEIGHTS,
     STYLES,
@@ -34,9 +34,9 @@ from classifier.canvas import (  # noqa: E402 - after the path set-up
     render_canvas_png,
     render_template_png,
 )
-from classifier.data import load_test_split  # noqa: E402
-from classifier.inference import Predictor  # noqa: E402
-from classifier.preprocessing import preprocess  # noqa: E402
+from classifier.ml.data import load_test_split  # noqa: E402
+from classifier.ml.inference import Predictor  # noqa: E402
+from classifier.ml.preprocessing import preprocess  # noqa: E402
 
 DEFAULT_WEIGHTS = ROOT / "classifier" / "weights" / "digits-cnn.safetensors"
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "datasets"

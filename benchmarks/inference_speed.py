@@ -43,11 +43,11 @@ import torch  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from benchmarks.load import in_process_limit, machine_line, make_images  # noqa: E402
-from classifier.inference import Predictor  # noqa: E402
-from classifier.model import build_model  # noqa: E402
-from classifier.preprocessing import IMAGE_SIZE, normalize  # noqa: E402
-from classifier.weights import load_weights  # noqa: E402
-from classifier.worker import prepare_batch  # noqa: E402
+from classifier.ml.inference import Predictor  # noqa: E402
+from classifier.ml.input import IMAGE_SIZE  # noqa: E402
+from classifier.ml.model import build_model, normalize  # noqa: E402
+from classifier.ml.weights import load_weights  # noqa: E402
+from classifier.serving.batch import prepare_batch  # noqa: E402
 
 
 def rate(

@@ -6,7 +6,7 @@
 Each phase opens C websocket clients in this one process; each keeps K requests in flight (a
 new one goes as soon as an answer comes back) for `--duration` seconds, the first `--warmup` of
 them unmeasured. The requests are canvases as the page sends them (192x192 PNG, white ink on
-black), drawn from MNIST test digits (classifier/canvas.py), so every answer is checked: the
+black), drawn from MNIST test digits (classifier/ml/canvas.py), so every answer is checked: the
 id must be one in flight on that socket, and the digit is compared with the label. The figures:
 latency from send to answer (p50/p95/p99), predictions/s, errors by code, lost answers, and the
 medians of the server's own `timings_ms`, which say where the milliseconds go.
@@ -59,12 +59,12 @@ django.setup()
 import websockets  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from classifier import protocol  # noqa: E402
-from classifier.canvas import render_canvas_png, render_template_png  # noqa: E402
-from classifier.data import DataError, load_test_split  # noqa: E402
-from classifier.routing import PREDICT_PATH  # noqa: E402
-from classifier.tasks import READY_MESSAGE  # noqa: E402
-from digits_site.embedded_redis import free_port  # noqa: E402
+from classifier.ml.canvas import render_canvas_png, render_template_png  # noqa: E402
+from classifier.ml.data import DataError, load_test_split  # noqa: E402
+from classifier.serving import protocol  # noqa: E402
+from classifier.serving.protocol import PREDICT_PATH  # noqa: E402
+from classifier.serving.tasks import READY_MESSAGE  # noqa: E402
+from digits_site.devstack import free_port  # noqa: E402
 
 # The size of the canvas export the page sends (frontend/static/frontend/app.js, EXPORT_SIZE).
 PAGE_EXPORT_SIZE = 192
@@ -119,8 +119,8 @@ def in_process_limit(images: Images, seconds: float, device: str) -> tuple[float
     """
     import torch
 
-    from classifier.inference import Predictor
-    from classifier.worker import prepare_batch
+    from classifier.ml.inference import Predictor
+    from classifier.serving.worker import prepare_batch
 
     if settings.DIGITS_TORCH_THREADS > 0:
         torch.set_num_threads(settings.DIGITS_TORCH_THREADS)

@@ -13,7 +13,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 from django.core.exceptions import ImproperlyConfigured  # noqa: E402
 
-from classifier.routing import websocket_urlpatterns  # noqa: E402
+from classifier.serving.routing import websocket_urlpatterns  # noqa: E402
 
 # A random per-process key would sign nothing that survives a restart or a second web process;
 # serving in production needs a real one (`make run` turns DEBUG on, which needs none).

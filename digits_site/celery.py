@@ -12,4 +12,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digits_site.settings")
 app = Celery("digits_site")
 # Every CELERY_* setting in digits_site/settings.py configures Celery.
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks()
+# The worker finds its task in classifier/serving/tasks.py; the web process publishes by name
+# (classifier.serving.publish) and never imports it.
+app.autodiscover_tasks(["classifier.serving"])

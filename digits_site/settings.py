@@ -1,8 +1,8 @@
 """Django settings for Digits.
 
 Every setting an operator may change is read from the environment here, and only here, with a
-default that suits a developer's machine. The ML core (`classifier` minus its Django adapters)
-never reads the environment: commands and workers pass these values in.
+default that suits a developer's machine. The ML core (`classifier.ml`) never reads the
+environment: commands and workers pass these values in.
 
 https://docs.djangoproject.com/en/5.2/ref/settings/
 """
@@ -115,12 +115,26 @@ REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 # `runstack` (`make run`) starts a private Redis only when the operator named none.
 REDIS_URL_FROM_ENV = bool(os.environ.get("REDIS_URL"))
 
+# `tuned` (the default) runs the service's overrides of kombu, celery-batches and channels_redis
+# internals, which take round trips out of every request (classifier/transport/); `stock` runs
+# those libraries as they ship: slower batching and replies, and a Redis restart closes the
+# websockets, but nothing depends on their private code.
+DIGITS_TRANSPORT = env_str("DIGITS_TRANSPORT", "tuned").strip().lower()
+if DIGITS_TRANSPORT not in ("tuned", "stock"):
+    raise ValueError(f"DIGITS_TRANSPORT must be tuned or stock, not {DIGITS_TRANSPORT!r}.")
+TUNED_TRANSPORT = DIGITS_TRANSPORT == "tuned"
+
 # https://channels.readthedocs.io/en/stable/topics/channel_layers.html#redis-channel-layer
 CHANNEL_LAYERS = {
     "default": {
-        # channels_redis, whose receive reports a lost Redis to the consumer instead of raising:
-        # a Redis restart answers the requests in flight with `unavailable` and keeps the sockets.
-        "BACKEND": "classifier.channel_layer.ResilientRedisChannelLayer",
+        # Tuned: channels_redis with one reader per web process, whose receive reports a lost
+        # Redis to the consumer instead of raising: a Redis restart answers the requests in
+        # flight with `unavailable` and keeps the sockets.
+        "BACKEND": (
+            "classifier.transport.channel_layer.ResilientRedisChannelLayer"
+            if TUNED_TRANSPORT
+            else "channels_redis.core.RedisChannelLayer"
+        ),
         "CONFIG": {
             # redis-py 8 times out socket reads after 5 s by default, which aborts the layer's
             # blocking 5 s BZPOPMIN and kills every websocket idle that long
@@ -146,9 +160,10 @@ CHANNEL_LAYERS = {
 
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html
 CELERY_BROKER_URL = REDIS_URL
-# kombu's Redis transport with fewer round trips: a worker takes a backlog in one and
-# acknowledges a batch in one (classifier/broker.py); the storage in Redis is kombu's own.
-CELERY_BROKER_TRANSPORT = "classifier.broker:Transport"
+# Tuned: kombu's Redis transport with fewer round trips: a worker takes a backlog in one and
+# acknowledges a batch in one (classifier/transport/broker.py); the storage in Redis is kombu's.
+# Stock: the transport the URL names (kombu's own Redis transport).
+CELERY_BROKER_TRANSPORT = "classifier.transport.broker:Transport" if TUNED_TRANSPORT else None
 # Answers travel over the channel layer, never through a result backend.
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
@@ -188,7 +203,7 @@ DIGITS_REQUEST_TIMEOUT = env_float("DIGITS_REQUEST_TIMEOUT", 5.0)
 # `celery -A digits_site worker` serves it without `-Q`.
 CELERY_TASK_DEFAULT_QUEUE = DIGITS_INFERENCE_QUEUE
 
-# The worker gathers queued requests into one model call (classifier.tasks.StreamBatches): up to
+# The worker gathers queued requests into one model call (classifier.transport.batching): up to
 # DIGITS_BATCH_SIZE requests. A request with nothing queued behind it goes at once; otherwise the
 # batch is checked every DIGITS_BATCH_FLUSH_MS and goes when the queue in Redis is empty, when it
 # is full, or when its first request has waited DIGITS_BATCH_MAX_WAIT_MS.
@@ -209,7 +224,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 2 * DIGITS_BATCH_SIZE
 # threads than it gets cores, turned a 3 ms batch into 270 ms on a busy 2-core machine. 0 leaves
 # PyTorch's default (one per core).
 DIGITS_TORCH_THREADS = env_int("DIGITS_TORCH_THREADS", 1)
-# Threads a worker decodes and preprocesses a batch's images on (classifier.worker.prepare_batch).
+# Threads a worker decodes and preprocesses a batch's images on (classifier.serving.batch).
 # One by default: on a busy 2-core machine more did not pay. On a GPU host with cores to spare,
 # more keep preprocessing from dwarfing the model call (benchmarks/inference_speed.py measures it).
 DIGITS_PREPROCESS_THREADS = env_int("DIGITS_PREPROCESS_THREADS", 1)
@@ -219,8 +234,8 @@ DIGITS_RELOAD_INTERVAL = env_float("DIGITS_RELOAD_INTERVAL", 0.5)
 
 # The largest websocket message the ASGI server (daphne) accepts; bigger ones close the socket
 # before any Python code sees them. It must hold the largest image the service accepts
-# (classifier.preprocessing.MAX_IMAGE_BYTES) in base64 plus the envelope, so that every smaller
-# frame gets an error frame rather than a closed socket (tests/classifier/test_protocol.py).
+# (classifier.ml.input.MAX_IMAGE_BYTES) in base64 plus the envelope, so that every smaller
+# frame gets an error frame rather than a closed socket (tests/serving/test_protocol.py).
 DIGITS_WS_MAX_MESSAGE_BYTES = env_int("DIGITS_WS_MAX_MESSAGE_BYTES", 8 * 1024 * 1024)
 # Read by daphne's `runserver` (https://github.com/django/daphne#runserver).
 DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = DIGITS_WS_MAX_MESSAGE_BYTES

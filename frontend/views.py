@@ -3,7 +3,7 @@
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from classifier.routing import PREDICT_PATH
+from classifier.serving.protocol import PREDICT_PATH
 
 
 def index(request: HttpRequest) -> HttpResponse:

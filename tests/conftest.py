@@ -10,16 +10,20 @@ lines, from `runstack`), with its logs in files that are printed when a test usi
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
+from django.conf import settings
 
-from digits_site.embedded_redis import EmbeddedRedis
+from classifier.ml.data import MNIST_FILES, MnistData, Split, load_mnist, raw_dir
+from digits_site.devstack import EmbeddedRedis
 from tests.helpers import MACHINE_REDIS, Stack, service_env, shipped_weights
 
 _running_stacks: list[Stack] = []
@@ -41,6 +45,42 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         for stack in _running_stacks:
             report.sections.append((f"stack logs ({stack.directory})", stack.log_tail()))
     return report
+
+
+# --- MNIST (skipped with a reason when absent) --------------------------------------------------
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("DIGITS_DATA_DIR") or settings.DIGITS_DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The MNIST directory the Makefile points tests at (`../shared/datasets`)."""
+    folder = _data_dir()
+    missing = [name for name in MNIST_FILES if not (raw_dir(folder) / name).is_file()]
+    if missing:
+        pytest.skip(
+            f"MNIST is not in {raw_dir(folder)} (missing {', '.join(missing)}); "
+            "set DIGITS_DATA_DIR or run through `make test`"
+        )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mnist(data_dir: Path) -> MnistData:
+    return load_mnist(data_dir, download=False)
+
+
+@pytest.fixture(scope="session")
+def test_digits(mnist: MnistData) -> Split:
+    """The first 200 test images: enough to judge a model, quick to push through PIL."""
+    return mnist.test.head(200)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
 
 
 # --- Redis and names ----------------------------------------------------------------------------

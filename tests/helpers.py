@@ -23,15 +23,16 @@ import websockets
 from django.conf import settings
 from PIL import Image
 
-from classifier import protocol
-from classifier.canvas import TEMPLATES, render_template
-from classifier.management.commands.runstack import stop_process, web_argv, worker_argv
-from classifier.routing import PREDICT_PATH
-from classifier.tasks import READY_MESSAGE
-from digits_site.embedded_redis import free_port
+from classifier.ml.canvas import TEMPLATES, render_template
+from classifier.serving import protocol
+from classifier.serving.protocol import PREDICT_PATH
+from classifier.serving.tasks import READY_MESSAGE
+from digits_site.devstack import free_port, stop_process, web_argv, worker_argv
 
 REPO = Path(__file__).resolve().parents[1]
 MACHINE_REDIS = "redis://127.0.0.1:6379/0"
+# The weights the repository ships (what a fresh clone serves).
+SHIPPED_WEIGHTS = REPO / "classifier" / "weights" / "digits-cnn.safetensors"
 # A Python process importing torch and loading a model shares two cores with everything else.
 WORKER_START_TIMEOUT = 120.0
 WEB_START_TIMEOUT = 60.0
@@ -63,7 +64,7 @@ def service_env(redis_url: str, names: dict[str, str], **overrides: str) -> dict
             "DIGITS_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
             # Tests drive one socket far harder than a person does; the abuse limits are tested
-            # on stacks of their own (tests/classifier/test_bad_input.py).
+            # on stacks of their own (tests/serving/test_bad_input.py).
             **UNLIMITED,
             **names,
             **overrides,
@@ -211,7 +212,7 @@ def render_digit_png(
 
     The `index`-th MNIST test image of it, scaled up smoothly, when MNIST is at hand; else (a
     clone with no dataset beside it) the `index`-th stroke template of it drawn with a round
-    brush (classifier.canvas), so that the service's tests need no dataset.
+    brush (classifier.ml.canvas), so that the service's tests need no dataset.
     """
     mnist = mnist_test_digit(digit, index)
     if mnist is None:

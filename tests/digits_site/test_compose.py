@@ -13,7 +13,7 @@ import yaml
 from django.core.management import get_commands
 
 from classifier.management.commands.runstack import Command as Runstack
-from classifier.management.commands.runstack import worker_argv
+from digits_site.devstack import worker_argv
 
 REPO = Path(__file__).resolve().parents[2]
 

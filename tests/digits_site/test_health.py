@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from classifier import protocol
-from classifier.weights import read_metadata
-from digits_site.embedded_redis import free_port
+from classifier.ml.weights import read_metadata
+from classifier.serving import protocol
+from digits_site.devstack import free_port
 from tests.helpers import Stack, render_digit_png
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 import pytest
 from django.test import Client
 
-from classifier.routing import PREDICT_PATH
+from classifier.serving.protocol import PREDICT_PATH
 
 
 class _Collector(HTMLParser):

@@ -8,12 +8,12 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from classifier.data import DataError, load_test_split
-from classifier.devices import DEVICE_CHOICES
-from classifier.inference import Predictor
-from classifier.report import format_confusion, per_digit_dict
-from classifier.training import evaluate_model
-from classifier.weights import WeightsError
+from classifier.ml.data import DataError, load_test_split
+from classifier.ml.devices import DEVICE_CHOICES
+from classifier.ml.inference import Predictor
+from classifier.ml.report import format_confusion, per_digit_dict
+from classifier.ml.training import evaluate_model
+from classifier.ml.weights import WeightsError
 
 
 class Command(BaseCommand):

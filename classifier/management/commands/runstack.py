@@ -5,17 +5,14 @@ free local port, and its URL handed to the other processes. With REDIS_URL set, 
 used. Ctrl-C or SIGTERM stops everything, the web server first and Redis last; if any process
 dies, the rest are stopped and the command exits non-zero.
 
-The command lines built here (`worker_argv`, `web_argv`) are the ones the README documents and
-the test fixtures run, so there is one definition of how the service is started.
+The processes and their command lines are digits_site.devstack's; this command supervises them.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 from contextlib import ExitStack
@@ -25,55 +22,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from digits_site.embedded_redis import EmbeddedRedis
-
-# Mingle and gossip synchronise revokes and clock ticks between workers: this service uses
-# neither, and on a shared Redis they make a worker wait for and listen to every other worker.
-WORKER_OPTIONS = ("--loglevel=INFO", "--without-mingle", "--without-gossip")
-
-
-def worker_argv(nodename: str | None = None) -> list[str]:
-    """An inference worker. Pool, queue and prefetch come from settings (CELERY_*)."""
-    argv = [sys.executable, "-m", "celery", "-A", "digits_site", "worker", *WORKER_OPTIONS]
-    if nodename:
-        argv += ["-n", nodename]
-    return argv
-
-
-def web_argv(host: str, port: int) -> list[str]:
-    """The ASGI server (daphne): HTTP and the websocket, with the message-size limit; behind a
-    reverse proxy (DIGITS_BEHIND_PROXY) the client address comes from X-Forwarded-For."""
-    limit = str(settings.DIGITS_WS_MAX_MESSAGE_BYTES)
-    proxy = ["--proxy-headers"] if settings.DIGITS_BEHIND_PROXY else []
-    return [
-        sys.executable, "-m", "daphne",
-        "--bind", host,
-        "--port", str(port),
-        "--websocket-max-message-size", limit,
-        "--websocket-max-frame-size", limit,
-        *proxy,
-        "digits_site.asgi:application",
-    ]  # fmt: skip
-
-
-def stop_process(process: subprocess.Popen[Any], timeout: float) -> None:
-    """SIGTERM (Celery's warm shutdown: it finishes its batch), then SIGKILL after `timeout`."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+from digits_site.devstack import EmbeddedRedis, port_open, stop_process, web_argv, worker_argv
 
 
 class Command(BaseCommand):

@@ -1,36 +1,61 @@
 """`python manage.py train`: train the CNN on MNIST, test it once, save weights and a report.
 
-A thin adapter: options and settings in, `classifier.training` does the work. Writing to the
+A thin adapter: options and settings in, `classifier.ml.training` does the work. Writing to the
 served weights path (the default) is how a new model is deployed: running workers switch to it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
+import types
+import typing
 from pathlib import Path
+from typing import Any
 
 import torch
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from classifier.data import DataError, load_mnist
-from classifier.devices import DEVICE_CHOICES
-from classifier.model import ARCHITECTURES
-from classifier.report import build_report, format_confusion, per_digit_dict, write_report
-from classifier.training import (
-    DEFAULT_ARCHITECTURE,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_EPOCHS,
-    DEFAULT_LR,
-    DEFAULT_SEED,
-    DEFAULT_WEIGHT_DECAY,
-    EpochStats,
-    TrainConfig,
-    evaluate_model,
-    train,
-)
-from classifier.weights import save_weights
+from classifier.ml.data import DataError, load_mnist
+from classifier.ml.report import build_report, format_confusion, per_digit_dict, write_report
+from classifier.ml.training import EpochStats, TrainConfig, evaluate_model, train
+from classifier.ml.weights import save_weights
+
+
+def add_config_options(
+    parser: CommandParser, config: type, defaults: dict[str, tuple[Any, str]]
+) -> None:
+    """One option per field of the dataclass `config`: its help, type and default come from
+    the field, so each default lives in one place. `defaults` replaces a field's default with
+    (value, how to show it), for the ones an environment setting chooses. A boolean field that
+    defaults to True becomes `--no-<name>`."""
+    hints = typing.get_type_hints(config)
+    for field in dataclasses.fields(config):
+        option = "--" + field.name.replace("_", "-")
+        extra = dict(field.metadata)
+        help_text = extra.pop("help")
+        default, shown = defaults.get(field.name, (field.default, None))
+        if shown is None:
+            shown = "none" if default is None else str(default)
+        kind = hints[field.name]
+        if kind is bool:
+            if default:
+                parser.add_argument(
+                    "--no-" + field.name.replace("_", "-"),
+                    dest=field.name,
+                    action="store_false",
+                    help=f"do not {help_text} (default: {field.name.replace('_', ' ')})",
+                )
+            else:
+                parser.add_argument(option, action="store_true", help=f"{help_text} (default: off)")
+            continue
+        if isinstance(kind, types.UnionType):  # `int | None`: the type that is not None
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        parser.add_argument(
+            option, type=kind, default=default, help=f"{help_text} (default: {shown})", **extra
+        )
 
 
 class Command(BaseCommand):
@@ -41,50 +66,10 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--epochs",
-            type=int,
-            default=DEFAULT_EPOCHS,
-            help=f"passes over the training set (default: {DEFAULT_EPOCHS})",
-        )
-        parser.add_argument(
-            "--batch-size",
-            type=int,
-            default=DEFAULT_BATCH_SIZE,
-            help=f"images per training step (default: {DEFAULT_BATCH_SIZE})",
-        )
-        parser.add_argument(
-            "--lr",
-            type=float,
-            default=DEFAULT_LR,
-            help=f"peak learning rate of the one-cycle schedule (default: {DEFAULT_LR})",
-        )
-        parser.add_argument(
-            "--weight-decay",
-            type=float,
-            default=DEFAULT_WEIGHT_DECAY,
-            help=f"AdamW weight decay (default: {DEFAULT_WEIGHT_DECAY})",
-        )
-        parser.add_argument(
-            "--seed",
-            type=int,
-            default=DEFAULT_SEED,
-            help=f"random seed; the same seed gives the same weights on the CPU "
-            f"(default: {DEFAULT_SEED})",
-        )
-        parser.add_argument(
-            "--device",
-            choices=DEVICE_CHOICES,
-            default=settings.DIGITS_DEVICE,
-            help="where to train; auto takes CUDA when present "
-            f"(default: DIGITS_DEVICE, now {settings.DIGITS_DEVICE!r})",
-        )
-        parser.add_argument(
-            "--limit",
-            type=int,
-            default=None,
-            metavar="N",
-            help="train on the first N training images only, for a quick run (default: all)",
+        add_config_options(
+            parser,
+            TrainConfig,
+            {"device": (settings.DIGITS_DEVICE, f"DIGITS_DEVICE, now {settings.DIGITS_DEVICE!r}")},
         )
         parser.add_argument(
             "--output",
@@ -106,56 +91,19 @@ class Command(BaseCommand):
             help="fail instead of downloading MNIST when it is missing (default: download)",
         )
         parser.add_argument(
-            "--threads",
-            type=int,
-            default=None,
-            help="CPU threads for torch (default: torch's choice, one per core)",
-        )
-        parser.add_argument(
-            "--no-augment",
-            action="store_true",
-            help="train on the images as scanned, without augmentation (default: augment)",
-        )
-        parser.add_argument(
-            "--label-smoothing",
-            type=float,
-            default=0.0,
-            help="label smoothing of the loss (default: 0.0)",
-        )
-        parser.add_argument(
-            "--architecture",
-            choices=sorted(ARCHITECTURES),
-            default=DEFAULT_ARCHITECTURE,
-            help=f"network to train; the shipped model is digits-cnn-v1 "
-            f"(default: {DEFAULT_ARCHITECTURE})",
-        )
-        parser.add_argument(
             "--no-progress",
             action="store_true",
             help="no progress bars, only a line per epoch (default: show progress bars)",
         )
 
     def handle(self, *args, **options) -> None:
-        for name in ("epochs", "batch_size"):
-            if options[name] < 1:
-                raise CommandError(f"--{name.replace('_', '-')} must be at least 1.")
-        if options["limit"] is not None and options["limit"] < 1:
-            raise CommandError("--limit must be at least 1.")
-        if options["lr"] <= 0:
-            raise CommandError("--lr must be positive.")
-        config = TrainConfig(
-            epochs=options["epochs"],
-            batch_size=options["batch_size"],
-            lr=options["lr"],
-            weight_decay=options["weight_decay"],
-            seed=options["seed"],
-            device=options["device"],
-            limit=options["limit"],
-            label_smoothing=options["label_smoothing"],
-            augment=not options["no_augment"],
-            architecture=options["architecture"],
-            threads=options["threads"],
-        )
+        try:
+            config = TrainConfig(
+                **{f.name: options[f.name] for f in dataclasses.fields(TrainConfig)}
+            )
+        except ValueError as exc:
+            option = str(exc).split(" ", 1)[0].replace("_", "-")
+            raise CommandError(f"--{option} {str(exc).split(' ', 1)[1]}") from exc
         output: Path = options["output"]
         try:
             data = load_mnist(options["data_dir"], download=not options["no_download"])
@@ -179,6 +127,7 @@ class Command(BaseCommand):
 
         metadata = {
             "architecture": config.architecture,
+            "training": config.hyperparameters(),
             "test_accuracy": test.accuracy,
             "test_loss": round(test.loss, 6),
             "per_digit": per_digit_dict(test.per_digit),

@@ -1,0 +1,45 @@
+"""What the model takes in: the MNIST format, the limits on an uploaded image, and its errors.
+
+The one home of these constants. It imports nothing, so the web process (which checks frames
+against the limits but never decodes an image) reads them without loading numpy, Pillow or torch.
+"""
+
+from __future__ import annotations
+
+# --- The model's input: MNIST's format --------------------------------------------------------
+
+IMAGE_SIZE = 28  # the model's input is IMAGE_SIZE x IMAGE_SIZE
+DIGIT_BOX = 20  # the digit's longest side, as in MNIST
+# Mean and standard deviation of the MNIST training pixels scaled to [0, 1]; training and
+# inference normalise with the same numbers (classifier.ml.model.normalize).
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+# MNIST puts the centre of mass of the ink at pixel (14, 14) (measured on the training set).
+CENTRE_OF_MASS = 14.0
+
+# --- Limits on an uploaded image: checked before any pixel is decoded ---------------------------
+
+MAX_IMAGE_BYTES = 5 * 1024 * 1024
+MAX_IMAGE_PIXELS = 16_000_000
+MAX_IMAGE_SIDE = 8192
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+# --- Why an image cannot be read ------------------------------------------------------------------
+# The serving layer turns each into the code a client sees (classifier.serving.protocol).
+
+
+class ImageError(ValueError):
+    """An image that cannot be turned into the model's input; the message is for a person."""
+
+
+class EmptyImageError(ImageError):
+    """Nothing is drawn: a blank canvas is not guessed at."""
+
+
+class InvalidImageError(ImageError):
+    """Not a PNG, JPEG or WebP, or truncated or corrupt."""
+
+
+class ImageTooLargeError(ImageError):
+    """Over the limits in bytes or pixels."""

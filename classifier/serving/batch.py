@@ -1,0 +1,135 @@
+"""One batch of requests answered: each image preprocessed on its own, one model call for all.
+
+Plain functions over the ML core, with no Celery or channel layer: the worker (classifier.serving
+.worker) hands each batch here and sends what comes back.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from classifier.ml.inference import Predictor
+from classifier.ml.input import ImageError
+from classifier.ml.preprocessing import encode_preview, preprocess
+from classifier.serving import protocol
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer to send: to which consumer channel, and the channel-layer message."""
+
+    channel: str
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One request's image made ready for the model, or the reason it could not be."""
+
+    image: np.ndarray | None
+    ms: float  # decode and preprocessing time
+    error: Exception | None = None
+
+
+def prepare(payload: str) -> Prepared:
+    """Decode one base64 image and preprocess it; never raises."""
+    t0 = time.perf_counter()
+    try:
+        image = preprocess(base64.b64decode(payload))
+    except Exception as exc:
+        return Prepared(None, (time.perf_counter() - t0) * 1000, exc)
+    return Prepared(image, (time.perf_counter() - t0) * 1000)
+
+
+def prepare_batch(payloads: Sequence[str], pool: Executor | None = None) -> list[Prepared]:
+    """`prepare` every payload of a batch, in order; across `pool`'s threads when given.
+
+    Pillow decodes and resizes, and numpy computes, with the GIL released for much of the
+    work, so on a machine with cores to spare (a GPU host) threads shorten a batch's
+    preprocessing, which then no longer dwarfs the model call. On a busy 2-core machine they
+    did not pay (benchmarks/inference_speed.py), hence DIGITS_PREPROCESS_THREADS=1 by default.
+    """
+    if pool is None or len(payloads) < 2:
+        return [prepare(payload) for payload in payloads]
+    return list(pool.map(prepare, payloads))
+
+
+def answer_batch(
+    items: Sequence[Mapping[str, Any]],
+    predictor: Predictor,
+    now: Callable[[], float] = time.time,
+    pool: Executor | None = None,
+) -> list[Answer]:
+    """Answers for one batch of task kwargs (see `classifier.serving.publish.submit`).
+
+    Every request is preprocessed on its own, so a bad image gets its own error and never fails
+    the batch; the good ones go through the model in one call. Requests past their deadline are
+    dropped: their client has had a `timeout` already.
+    """
+    started = now()
+    answers: list[Answer] = []
+    live = []
+    for item in items:
+        if item["deadline"] < started:
+            logger.info("Dropped request %r: past its deadline", item["id"])
+        else:
+            live.append(item)
+    good: list[tuple[Mapping[str, Any], Prepared]] = []
+    prepared_all = prepare_batch([i["image"] for i in live], pool)
+    for item, prepared in zip(live, prepared_all, strict=True):
+        if prepared.error is None:
+            good.append((item, prepared))
+        elif isinstance(prepared.error, ImageError):
+            answers.append(
+                _error(item, protocol.image_error_code(prepared.error), str(prepared.error))
+            )
+        else:
+            logger.error("Preprocessing request %r failed", item["id"], exc_info=prepared.error)
+            answers.append(_error(item, protocol.INTERNAL, "The image could not be processed."))
+    if not good:
+        return answers
+
+    t0 = time.perf_counter()
+    try:
+        probabilities, version = predictor.predict_with_version(
+            np.stack([prepared.image for _, prepared in good])
+        )
+    except Exception:
+        logger.exception("The model failed on a batch of %d", len(good))
+        answers.extend(
+            _error(item, protocol.INTERNAL, "The model failed; please try again.")
+            for item, _ in good
+        )
+        return answers
+    inference_ms = (time.perf_counter() - t0) * 1000
+
+    for (item, prepared), probs in zip(good, probabilities, strict=True):
+        timings = {
+            "queue": max(0.0, (started - item["sent_at"]) * 1000),
+            "preprocess": prepared.ms,
+            "inference": inference_ms,
+            "worker": (now() - started) * 1000,
+        }
+        frame = protocol.prediction(
+            item["id"], probs, version, encode_preview(prepared.image), timings, batch=len(good)
+        )
+        answers.append(_answer(item, frame))
+    return answers
+
+
+def _answer(item: Mapping[str, Any], frame: dict[str, Any]) -> Answer:
+    return Answer(item["reply_channel"], protocol.answer_message(item["ticket"], frame))
+
+
+def _error(item: Mapping[str, Any], code: str, message: str) -> Answer:
+    return _answer(item, protocol.error(item["id"], code, message))

@@ -1,0 +1,213 @@
+"""The websocket consumer at /ws/predict/: checks frames, queues work, forwards answers.
+
+It never runs the model and never blocks the event loop: a valid request is handed to Celery
+from a thread (publishing is blocking socket I/O), and the answer arrives later as a
+channel-layer message on this consumer's own channel. Every accepted request is answered exactly
+once: with the worker's answer, or with a `timeout` error at its deadline (channels_redis may drop
+a message: a full channel, or one older than its expiry; a worker may die mid-batch), or with
+`unavailable` when no worker is alive, when it could not be queued, or when Redis went away
+while it was in flight.
+
+Before a request is queued it must pass, in order: the frame checks (`protocol.parse_frame`),
+the connection's rate limit, its cap on requests in flight, and the presence of a live worker.
+A refused request is answered at once and never queued; the socket stays open. A client address
+with too many sockets open is told so and its new socket closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from channels.consumer import get_handler_name
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from classifier.serving import presence, protocol, publish
+from classifier.serving.limits import ConnectionCounter, TokenBucket
+
+logger = logging.getLogger(__name__)
+
+# Publishing threads, shared by all sockets of the process. Few are needed: a publish takes
+# about a millisecond, and Celery's producer pool is shared by them all.
+_publisher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="digits-publish")
+# Open sockets per client address, in this process.
+_connections = ConnectionCounter()
+
+
+@dataclass
+class _Pending:
+    request_id: str
+    received: float  # loop time the frame arrived
+    timer: asyncio.TimerHandle
+
+
+class PredictConsumer(AsyncWebsocketConsumer):
+    # The seams to the rest of the service, replaceable in tests: how a request is queued
+    # (blocking; called on a publishing thread) and who says whether a worker is alive.
+    queue_request = staticmethod(publish.submit)
+    worker_presence = staticmethod(presence.from_settings)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch minus its `close_old_connections` before every message: a hop to
+        a worker thread and back, twice per request, for a database this service does not have
+        (benchmarks/load.py: about 1 ms of the web process's CPU per request)."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def connect(self) -> None:
+        # Tickets, not client ids, key the requests in flight: a client may reuse an id.
+        self._tickets = itertools.count()
+        self._pending: dict[int, _Pending] = {}
+        self._sends: set[asyncio.Task[None]] = set()
+        self._bucket = TokenBucket(settings.DIGITS_RATE_LIMIT, settings.DIGITS_RATE_BURST)
+        client = self.scope.get("client")
+        self._address = str(client[0]) if client else "unknown"
+        limit = settings.DIGITS_MAX_CONNECTIONS_PER_CLIENT
+        self._counted = _connections.acquire(self._address, limit)
+        await self.accept()
+        if not self._counted:
+            # Accepted first so the client can read why: a refused handshake is an anonymous
+            # 403 to a browser, and daphne sends no close reason.
+            logger.info("Refused a websocket from %s: %d already open", self._address, limit)
+            await self._send_frame(
+                protocol.error(
+                    None,
+                    protocol.TOO_MANY_CONNECTIONS,
+                    f"Too many connections from your address (the limit is {limit}); "
+                    "close some and try again.",
+                )
+            )
+            await self.close(code=protocol.CLOSE_TOO_MANY_CONNECTIONS)
+
+    async def disconnect(self, code: int) -> None:
+        for pending in self._pending.values():
+            pending.timer.cancel()
+        self._pending.clear()
+        if self._counted:
+            self._counted = False
+            _connections.release(self._address)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        received = loop.time()
+        if not self._counted:
+            return  # refused connection, closing
+        refusal: protocol.ProtocolError | None = None
+        try:
+            request = protocol.parse_frame(text_data, bytes_data)
+        except protocol.ProtocolError as exc:
+            refusal = exc
+        request_id = refusal.request_id if refusal else request.id
+
+        # Every frame takes a token, a malformed one too: a flood of garbage costs as much.
+        if not self._bucket.take():
+            await self._refuse(
+                request_id,
+                protocol.RATE_LIMITED,
+                f"Too many requests: the limit is {settings.DIGITS_RATE_LIMIT:g} a second "
+                f"(bursts of {settings.DIGITS_RATE_BURST}); please slow down.",
+            )
+            return
+        if refusal is not None:
+            await self._refuse(refusal.request_id, refusal.code, refusal.message)
+            return
+        if len(self._pending) >= settings.DIGITS_MAX_IN_FLIGHT:
+            await self._refuse(
+                request_id,
+                protocol.RATE_LIMITED,
+                f"Too many requests in flight on this connection (the limit is "
+                f"{settings.DIGITS_MAX_IN_FLIGHT}); wait for answers before sending more.",
+            )
+            return
+        if not await self.worker_presence().available():
+            await self._refuse(
+                request_id,
+                protocol.UNAVAILABLE,
+                "No model worker is running just now, so nobody can answer; please try again "
+                "shortly.",
+            )
+            return
+
+        timeout = settings.DIGITS_REQUEST_TIMEOUT
+        ticket = next(self._tickets)
+        self._pending[ticket] = _Pending(
+            request.id, received, loop.call_later(timeout, self._on_deadline, ticket)
+        )
+        try:
+            await loop.run_in_executor(
+                _publisher,
+                self.queue_request,
+                request,
+                self.channel_name,
+                ticket,
+                time.time() + timeout,
+            )
+        except Exception as exc:
+            # Redis unreachable, typically: one line per request, not a traceback each.
+            logger.warning("Could not queue request %r: %r", request.id, exc)
+            await self._finish(
+                ticket,
+                protocol.error(
+                    request.id,
+                    protocol.UNAVAILABLE,
+                    "The service could not take the request just now; please try again.",
+                ),
+            )
+
+    async def digits_answer(self, event: dict[str, Any]) -> None:
+        """A worker's answer (protocol.ANSWER_MESSAGE) for one of this socket's requests."""
+        frame = event["frame"]
+        pending = self._pending.get(event["ticket"])
+        if pending is not None and "timings_ms" in frame:
+            frame["timings_ms"]["server"] = round(
+                (asyncio.get_running_loop().time() - pending.received) * 1000, 3
+            )
+        await self._finish(event["ticket"], frame)
+
+    async def digits_layer_lost(self, event: dict[str, Any]) -> None:
+        """The channel layer lost Redis (classifier.transport.channel_layer.LAYER_LOST): the
+        answers to what is in flight cannot arrive, so say so now rather than at the deadline."""
+        for ticket, pending in list(self._pending.items()):
+            await self._finish(
+                ticket,
+                protocol.error(
+                    pending.request_id,
+                    protocol.UNAVAILABLE,
+                    "The service lost this request while restarting; please try again.",
+                ),
+            )
+
+    def _on_deadline(self, ticket: int) -> None:
+        pending = self._pending.get(ticket)
+        if pending is None:
+            return
+        frame = protocol.error(
+            pending.request_id,
+            protocol.TIMEOUT,
+            f"No answer within {settings.DIGITS_REQUEST_TIMEOUT:g} s; please try again.",
+        )
+        task = asyncio.ensure_future(self._finish(ticket, frame))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _finish(self, ticket: int, frame: dict[str, Any]) -> None:
+        """Answer a request once: whatever comes second (a late answer, a deadline) is dropped."""
+        pending = self._pending.pop(ticket, None)
+        if pending is None:
+            return
+        pending.timer.cancel()
+        await self._send_frame(frame)
+
+    async def _refuse(self, request_id: str | None, code: str, message: str) -> None:
+        await self._send_frame(protocol.error(request_id, code, message))
+
+    async def _send_frame(self, frame: dict[str, Any]) -> None:
+        await self.send(text_data=protocol.encode(frame))

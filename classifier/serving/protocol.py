@@ -1,0 +1,269 @@
+"""The websocket protocol at /ws/predict/, and the messages between the consumer and the worker.
+
+Client → server (JSON text frames)::
+
+    {"type": "predict", "id": "<1..128 chars>", "image": "data:image/png;base64,..."}
+
+Server → client::
+
+    {"type": "prediction", "id": ..., "digit": 0-9, "confidence": 0..1,
+     "probabilities": [ten floats], "model": "<version>", "preview": "data:image/png;base64,...",
+     "timings_ms": {...}, "batch": <images scored in the same model call>}
+    {"type": "error", "id": ... or null, "code": "<short code>", "message": "<a sentence>"}
+
+This module is the one home of the frame shapes, the error codes and the limits on a frame. It
+checks what can be checked without decoding pixels (the consumer runs it on the event loop, so it
+must stay cheap); decoding the image is the worker's job and fails with the codes of
+`classifier.ml.preprocessing`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from classifier.ml.input import (
+    MAX_IMAGE_BYTES,
+    EmptyImageError,
+    ImageError,
+    ImageTooLargeError,
+    InvalidImageError,
+)
+
+# The websocket's path, below the site's root (classifier.serving.routing mounts it there; the
+# page opens its socket at "/" + PREDICT_PATH).
+PREDICT_PATH = "ws/predict/"
+
+# --- Frame types ---------------------------------------------------------------------------------
+
+PREDICT = "predict"
+PREDICTION = "prediction"
+ERROR = "error"
+
+# --- Error codes (the `code` of an error frame) ------------------------------------------------
+
+# The frame itself.
+BINARY_FRAME = "binary_frame"  # a binary websocket message; the protocol is JSON text
+FRAME_TOO_LARGE = "frame_too_large"  # longer than MAX_FRAME_CHARS
+BAD_JSON = "bad_json"  # not JSON at all
+BAD_FRAME = "bad_frame"  # JSON, but not an object with the right fields and types
+UNKNOWN_TYPE = "unknown_type"  # a `type` other than "predict"
+BAD_ID = "bad_id"  # `id` missing, not a string, empty or too long
+# The image, checked before decoding.
+BAD_DATA_URL = "bad_data_url"  # `image` is not a base64 data URL
+UNSUPPORTED_TYPE = "unsupported_type"  # a data URL of something other than PNG, JPEG or WebP
+BAD_BASE64 = "bad_base64"  # the data URL's payload is not valid base64
+# The image, found while decoding it in the worker (`image_error_code`).
+IMAGE_TOO_LARGE = "image_too_large"  # over the limits in bytes or pixels
+INVALID_IMAGE = "invalid_image"  # not a PNG, JPEG or WebP, or truncated or corrupt
+EMPTY = "empty"  # a blank canvas
+# The service.
+TIMEOUT = "timeout"  # no answer within DIGITS_REQUEST_TIMEOUT
+UNAVAILABLE = "unavailable"  # no worker is alive, or Redis is unreachable: nothing can answer
+INTERNAL = "internal"  # a bug or a failed model call; the worker logs the details
+# Abuse: the request is refused, not queued; the socket stays open.
+RATE_LIMITED = "rate_limited"  # over DIGITS_RATE_LIMIT, or DIGITS_MAX_IN_FLIGHT in flight
+# The connection: sent once, then the socket is closed with CLOSE_TOO_MANY_CONNECTIONS.
+TOO_MANY_CONNECTIONS = "too_many_connections"  # over DIGITS_MAX_CONNECTIONS_PER_CLIENT
+
+# Websocket close code for a refused connection: 4000-4999 are the application's own (daphne's
+# autobahn refuses to send the registry's 1013 "Try Again Later"); 429 as in HTTP's Too Many
+# Requests.
+CLOSE_TOO_MANY_CONNECTIONS = 4429
+
+# --- Limits --------------------------------------------------------------------------------------
+
+MAX_ID_LENGTH = 128
+# Media types a data URL may name, as `canvas.toDataURL()` and image files spell them.
+ACCEPTED_MEDIA_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/webp"})
+# The longest frame worth parsing: the largest accepted image in base64 plus the envelope. The
+# ASGI server's own limit (settings.DIGITS_WS_MAX_MESSAGE_BYTES) must be at least this, so every
+# frame this module rejects gets an error frame rather than a closed socket.
+MAX_FRAME_CHARS = 4 * math.ceil(MAX_IMAGE_BYTES / 3) + 4096
+
+_DATA_URL = re.compile(
+    r"data:(?P<media_type>[^;,]*)(?P<params>(?:;[^;,]*)*),(?P<payload>.*)", re.DOTALL
+)
+
+
+_IMAGE_ERROR_CODES: dict[type[ImageError], str] = {
+    EmptyImageError: EMPTY,
+    ImageTooLargeError: IMAGE_TOO_LARGE,
+    InvalidImageError: INVALID_IMAGE,
+}
+
+
+def image_error_code(error: ImageError) -> str:
+    """The code a client is sent for an image the ML core could not read."""
+    for kind in type(error).__mro__:
+        if kind in _IMAGE_ERROR_CODES:
+            return _IMAGE_ERROR_CODES[kind]
+    return INVALID_IMAGE
+
+
+class ProtocolError(ValueError):
+    """A frame the consumer refuses; answered with an error frame, the socket stays open."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """A valid `predict` frame. `image` is the data URL's base64 payload, already checked."""
+
+    id: str
+    media_type: str
+    image: str
+
+
+def parse_frame(text: str | None, data: bytes | None = None) -> PredictRequest:
+    """Check one client frame; raise `ProtocolError` with a code and a sentence for a person."""
+    if text is None:
+        raise ProtocolError(
+            BINARY_FRAME, "Binary messages are not accepted; send JSON text frames."
+        )
+    if len(text) > MAX_FRAME_CHARS:
+        raise ProtocolError(
+            FRAME_TOO_LARGE,
+            f"The message is {len(text):,} characters long; the limit is {MAX_FRAME_CHARS:,}.",
+        )
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError(BAD_JSON, "The message is not valid JSON.") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError(BAD_FRAME, "The message must be a JSON object.")
+
+    request_id = _parse_id(frame.get("id"))
+    kind = frame.get("type")
+    if kind != PREDICT:
+        if not isinstance(kind, str):
+            raise ProtocolError(
+                BAD_FRAME, 'The message needs a "type" field: "predict".', request_id
+            )
+        raise ProtocolError(
+            UNKNOWN_TYPE,
+            f'Unknown message type "{kind[:40]}"; the only type is "predict".',
+            request_id,
+        )
+    media_type, payload = _parse_image(frame.get("image"), request_id)
+    return PredictRequest(id=request_id, media_type=media_type, image=payload)
+
+
+def _parse_id(value: Any) -> str:
+    if value is None:
+        raise ProtocolError(BAD_ID, 'The message needs an "id" string to match the answer to.')
+    if not isinstance(value, str):
+        raise ProtocolError(BAD_ID, 'The "id" must be a string.')
+    if not value or len(value) > MAX_ID_LENGTH:
+        raise ProtocolError(BAD_ID, f'The "id" must be 1 to {MAX_ID_LENGTH} characters long.')
+    return value
+
+
+def _parse_image(value: Any, request_id: str) -> tuple[str, str]:
+    """(media type, base64 payload) of a data URL, without decoding the pixels."""
+    if not isinstance(value, str):
+        raise ProtocolError(
+            BAD_FRAME,
+            'The message needs an "image" field: a data URL such as "data:image/png;base64,...".',
+            request_id,
+        )
+    match = _DATA_URL.fullmatch(value)
+    if match is None:
+        raise ProtocolError(
+            BAD_DATA_URL,
+            'The "image" must be a data URL such as "data:image/png;base64,...".',
+            request_id,
+        )
+    media_type = match["media_type"].strip().lower()
+    if media_type not in ACCEPTED_MEDIA_TYPES:
+        shown = media_type[:40] or "no media type"
+        raise ProtocolError(
+            UNSUPPORTED_TYPE,
+            f"Images of type {shown} are not accepted; send a PNG, JPEG or WebP image.",
+            request_id,
+        )
+    if "base64" not in (p.strip().lower() for p in match["params"].split(";")):
+        raise ProtocolError(
+            BAD_DATA_URL, 'The data URL must be base64-encoded (";base64,").', request_id
+        )
+    payload = match["payload"]
+    # Refuse by length before decoding: base64 holds 3 bytes in 4 characters.
+    if len(payload) > 4 * math.ceil(MAX_IMAGE_BYTES / 3):
+        raise ProtocolError(
+            IMAGE_TOO_LARGE,
+            f"The image is larger than the limit of {MAX_IMAGE_BYTES / 1e6:.0f} MB.",
+            request_id,
+        )
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(BAD_BASE64, "The image data is not valid base64.", request_id) from None
+    if not raw:
+        raise ProtocolError(INVALID_IMAGE, "The data URL holds no image data.", request_id)
+    if len(raw) > MAX_IMAGE_BYTES:
+        raise ProtocolError(
+            IMAGE_TOO_LARGE,
+            f"The image is {len(raw) / 1e6:.1f} MB; the limit is {MAX_IMAGE_BYTES / 1e6:.0f} MB.",
+            request_id,
+        )
+    return media_type, payload
+
+
+# --- Server → client ---------------------------------------------------------------------------
+
+
+def prediction(
+    request_id: str,
+    probabilities: Sequence[float],
+    model: str,
+    preview: str,
+    timings_ms: dict[str, float],
+    batch: int = 1,
+) -> dict[str, Any]:
+    """A `prediction` frame; the digit and confidence are read off the probabilities. `batch` is
+    how many images the model scored in the same call (for diagnostics)."""
+    probs = [round(float(p), 6) for p in probabilities]
+    digit = max(range(len(probs)), key=probs.__getitem__)
+    return {
+        "type": PREDICTION,
+        "id": request_id,
+        "digit": digit,
+        "confidence": probs[digit],
+        "probabilities": probs,
+        "model": model,
+        "preview": preview,
+        "timings_ms": {name: round(value, 3) for name, value in timings_ms.items()},
+        "batch": batch,
+    }
+
+
+def error(request_id: str | None, code: str, message: str) -> dict[str, Any]:
+    """An `error` frame. `request_id` is None when the frame had no usable id."""
+    return {"type": ERROR, "id": request_id, "code": code, "message": message}
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"), allow_nan=False)
+
+
+# --- Consumer ↔ worker (internal: Celery task kwargs and channel-layer messages) ------------------
+
+# The channel-layer message type the worker sends to a consumer's channel; Channels calls the
+# consumer's method of the same name with the dots made underscores.
+ANSWER_MESSAGE = "digits.answer"
+
+
+def answer_message(ticket: int, frame: dict[str, Any]) -> dict[str, Any]:
+    """What the worker sends to a consumer: the frame for the client and the consumer's ticket."""
+    return {"type": ANSWER_MESSAGE, "ticket": ticket, "frame": frame}

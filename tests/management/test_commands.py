@@ -1,0 +1,130 @@
+"""The management commands, run as a user runs them (through Django's call_command)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from PIL import Image
+
+from classifier.ml.data import MNIST_FILES
+from classifier.ml.report import report_paths
+from classifier.ml.weights import load_weights, sidecar_path
+from tests.helpers import SHIPPED_WEIGHTS
+
+
+def run(*args: str) -> str:
+    out = io.StringIO()
+    call_command(*args, stdout=out, stderr=io.StringIO())
+    return out.getvalue()
+
+
+def test_evaluate_json_on_the_shipped_weights(data_dir):
+    result = json.loads(
+        run(
+            "evaluate",
+            "--weights",
+            str(SHIPPED_WEIGHTS),
+            "--data-dir",
+            str(data_dir),
+            "--device",
+            "cpu",
+            "--json",
+        )
+    )
+    assert result["accuracy"] >= 0.995
+    assert set(result["per_digit"]) == {str(d) for d in range(10)}
+    assert min(result["per_digit"].values()) >= 0.98
+    assert result["model"] == load_weights(SHIPPED_WEIGHTS)[1]["version"]
+    assert result["count"] == 10_000
+
+
+def test_evaluate_text(data_dir):
+    text = run(
+        "evaluate",
+        "--weights",
+        str(SHIPPED_WEIGHTS),
+        "--data-dir",
+        str(data_dir),
+        "--device",
+        "cpu",
+    )
+    assert "Test accuracy:" in text and "true\\pred" in text
+
+
+def test_evaluate_missing_weights(tmp_path, data_dir):
+    with pytest.raises(CommandError, match="does not exist"):
+        run(
+            "evaluate", "--weights", str(tmp_path / "none.safetensors"), "--data-dir", str(data_dir)
+        )
+
+
+def test_evaluate_missing_data(tmp_path):
+    with pytest.raises(CommandError) as info:
+        run(
+            "evaluate",
+            "--weights",
+            str(SHIPPED_WEIGHTS),
+            "--data-dir",
+            str(tmp_path),
+            "--no-download",
+        )
+    assert all(name in str(info.value) for name in MNIST_FILES)
+
+
+@pytest.mark.slow
+def test_train_quick_run_writes_weights_and_report(data_dir, tmp_path):
+    output = tmp_path / "quick.safetensors"
+    text = run(
+        "train",
+        "--epochs",
+        "1",
+        "--limit",
+        "2000",
+        "--batch-size",
+        "100",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data_dir),
+        "--output",
+        str(output),
+        "--no-progress",
+    )
+    assert "epoch 1:" in text and "images/s" in text
+    assert "Test accuracy:" in text and "Per digit:" in text and "true\\pred" in text
+
+    _, metadata = load_weights(output)
+    assert metadata["train_images"] == 2000 and metadata["epochs"] == 1
+    assert metadata["test_accuracy"] > 0.8
+    assert metadata["data_checksum"].startswith("sha256:")
+    assert json.loads(sidecar_path(output).read_text())["version"] == metadata["version"]
+
+    json_path, png_path = report_paths(output)
+    report = json.loads(json_path.read_text())
+    assert report["model"] == metadata["version"]
+    assert report["test"]["accuracy"] == metadata["test_accuracy"]
+    assert len(report["test"]["confusion"]) == 10 and len(report["history"]) == 1
+    assert Image.open(png_path).format == "PNG"
+
+
+def test_train_offline_without_data_stops_with_the_file_names(tmp_path):
+    with pytest.raises(CommandError) as info:
+        run(
+            "train",
+            "--data-dir",
+            str(tmp_path),
+            "--no-download",
+            "--output",
+            str(tmp_path / "w.safetensors"),
+        )
+    assert all(name in str(info.value) for name in MNIST_FILES)
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_train_rejects_nonsense_options(tmp_path):
+    with pytest.raises(CommandError, match="--epochs"):
+        run("train", "--epochs", "0", "--output", str(tmp_path / "w.safetensors"))

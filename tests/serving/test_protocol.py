@@ -1,0 +1,245 @@
+"""The websocket protocol's frame checks and reply builders (classifier/serving/protocol.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+
+import pytest
+from django.conf import settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from classifier.ml.input import (
+    EmptyImageError,
+    ImageError,
+    ImageTooLargeError,
+    InvalidImageError,
+)
+from classifier.ml.preprocessing import MAX_IMAGE_BYTES
+from classifier.serving import protocol
+from tests.helpers import blank_png, data_url, predict_frame
+
+PNG = blank_png(8)
+
+
+def frame(**fields: object) -> str:
+    return json.dumps({"type": "predict", "id": "r1", "image": data_url(PNG), **fields})
+
+
+def refused(text: str | None, data: bytes | None = None) -> protocol.ProtocolError:
+    with pytest.raises(protocol.ProtocolError) as caught:
+        protocol.parse_frame(text, data)
+    return caught.value
+
+
+def test_a_predict_frame_becomes_a_request() -> None:
+    request = protocol.parse_frame(frame())
+    assert request.id == "r1"
+    assert request.media_type == "image/png"
+    assert base64.b64decode(request.image) == PNG
+
+
+@pytest.mark.parametrize(
+    "media_type", ["image/png", "image/jpeg", "image/jpg", "image/webp", "IMAGE/PNG"]
+)
+def test_png_jpeg_and_webp_data_urls_are_accepted(media_type: str) -> None:
+    request = protocol.parse_frame(frame(image=data_url(PNG, media_type)))
+    assert request.media_type == media_type.lower()
+
+
+def test_data_url_parameters_before_base64_are_allowed() -> None:
+    image = "data:image/png;name=digit.png;base64," + base64.b64encode(PNG).decode()
+    assert protocol.parse_frame(frame(image=image)).media_type == "image/png"
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert protocol.parse_frame(frame(extra={"anything": 1})).id == "r1"
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "request_id"),
+    [
+        ("not json", protocol.BAD_JSON, None),
+        ("", protocol.BAD_JSON, None),
+        ("[" * 100_000, protocol.BAD_JSON, None),  # nested past the parser's recursion limit
+        ("[1, 2]", protocol.BAD_FRAME, None),
+        ('"predict"', protocol.BAD_FRAME, None),
+        ("null", protocol.BAD_FRAME, None),
+        (json.dumps({"id": "r1", "image": "x"}), protocol.BAD_FRAME, "r1"),
+        (json.dumps({"type": "hello", "id": "r1"}), protocol.UNKNOWN_TYPE, "r1"),
+        (json.dumps({"type": 5, "id": "r1"}), protocol.BAD_FRAME, "r1"),
+        (json.dumps({"type": "predict", "image": "x"}), protocol.BAD_ID, None),
+        (json.dumps({"type": "predict", "id": 7, "image": "x"}), protocol.BAD_ID, None),
+        (json.dumps({"type": "predict", "id": "", "image": "x"}), protocol.BAD_ID, None),
+        (json.dumps({"type": "predict", "id": "x" * 129, "image": "x"}), protocol.BAD_ID, None),
+        (json.dumps({"type": "predict", "id": "r1"}), protocol.BAD_FRAME, "r1"),
+        (json.dumps({"type": "predict", "id": "r1", "image": 3}), protocol.BAD_FRAME, "r1"),
+    ],
+)
+def test_malformed_frames_get_their_code(text: str, code: str, request_id: str | None) -> None:
+    error = refused(text)
+    assert error.code == code
+    assert error.request_id == request_id
+    assert error.message.endswith(".")
+
+
+def test_binary_frames_are_refused() -> None:
+    assert refused(None, b"\x89PNG").code == protocol.BINARY_FRAME
+
+
+def test_the_longest_id_is_accepted() -> None:
+    long_id = "x" * protocol.MAX_ID_LENGTH
+    assert protocol.parse_frame(frame(id=long_id)).id == long_id
+
+
+@pytest.mark.parametrize(
+    ("image", "code"),
+    [
+        ("https://example.com/digit.png", protocol.BAD_DATA_URL),
+        ("data:image/png,rawbytes", protocol.BAD_DATA_URL),  # not base64
+        ("data:image/png;base64", protocol.BAD_DATA_URL),  # no comma
+        ("data:image/svg+xml;base64,PHN2Zz48L3N2Zz4=", protocol.UNSUPPORTED_TYPE),
+        ("data:image/gif;base64,R0lGODlhAQABAAAAACw=", protocol.UNSUPPORTED_TYPE),
+        ("data:text/plain;base64,aGVsbG8=", protocol.UNSUPPORTED_TYPE),
+        ("data:;base64,aGVsbG8=", protocol.UNSUPPORTED_TYPE),
+        ("data:image/png;base64,!!!!", protocol.BAD_BASE64),
+        ("data:image/png;base64,aGVsbG8", protocol.BAD_BASE64),  # bad padding
+        ("data:image/png;base64,aGVs bG8=", protocol.BAD_BASE64),
+        ("data:image/png;base64,", protocol.INVALID_IMAGE),
+    ],
+)
+def test_bad_images_are_refused_before_decoding(image: str, code: str) -> None:
+    error = refused(frame(image=image))
+    assert error.code == code
+    assert error.request_id == "r1"
+
+
+def test_an_image_over_the_byte_limit_is_refused() -> None:
+    # Exactly one byte too many: the length check and the decoded-size check agree.
+    too_big = base64.b64encode(b"\0" * (MAX_IMAGE_BYTES + 1)).decode()
+    error = refused(frame(image="data:image/png;base64," + too_big))
+    assert error.code == protocol.IMAGE_TOO_LARGE
+    at_limit = base64.b64encode(b"\0" * MAX_IMAGE_BYTES).decode()
+    assert protocol.parse_frame(frame(image="data:image/png;base64," + at_limit))
+
+
+def test_a_frame_over_the_frame_limit_is_refused_unparsed() -> None:
+    error = refused(" " * (protocol.MAX_FRAME_CHARS + 1))
+    assert error.code == protocol.FRAME_TOO_LARGE
+
+
+def test_the_asgi_server_lets_every_frame_we_answer_through() -> None:
+    """Frames up to MAX_FRAME_CHARS must reach the consumer (and get an error frame, not a
+    closed socket), so daphne's limit must be at least that."""
+    assert settings.DIGITS_WS_MAX_MESSAGE_BYTES >= protocol.MAX_FRAME_CHARS
+    largest = predict_frame("x" * protocol.MAX_ID_LENGTH, b"\0" * MAX_IMAGE_BYTES)
+    assert len(largest.encode()) <= protocol.MAX_FRAME_CHARS
+
+
+def test_error_codes_are_distinct_short_identifiers() -> None:
+    codes = [
+        value
+        for name, value in vars(protocol).items()
+        if name.isupper()
+        and isinstance(value, str)
+        and name not in {"PREDICT", "PREDICTION", "ERROR", "ANSWER_MESSAGE", "PREDICT_PATH"}
+    ]
+    assert len(codes) == len(set(codes))
+    assert all(code.isidentifier() and code.islower() for code in codes)
+    assert protocol.EMPTY == "empty"
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (EmptyImageError("blank."), protocol.EMPTY),
+        (InvalidImageError("corrupt."), protocol.INVALID_IMAGE),
+        (ImageTooLargeError("huge."), protocol.IMAGE_TOO_LARGE),
+        (ImageError("other."), protocol.INVALID_IMAGE),
+    ],
+)
+def test_each_image_error_of_the_ml_core_has_its_client_code(error: ImageError, code: str) -> None:
+    assert protocol.image_error_code(error) == code
+
+
+def test_prediction_frame_reads_digit_and_confidence_off_the_probabilities() -> None:
+    probs = [0.01] * 10
+    probs[3] = 0.91
+    built = protocol.prediction(
+        "r1", probs, "v1", "data:image/png;base64,AA==", {"inference": 1.23456}
+    )
+    assert built["type"] == protocol.PREDICTION
+    assert built["digit"] == 3
+    assert built["confidence"] == pytest.approx(0.91)
+    assert len(built["probabilities"]) == 10
+    assert built["timings_ms"] == {"inference": 1.235}
+    assert json.loads(protocol.encode(built)) == built
+
+
+def test_error_frame_shape() -> None:
+    built = protocol.error(None, protocol.BAD_JSON, "Nope.")
+    assert built == {"type": "error", "id": None, "code": "bad_json", "message": "Nope."}
+
+
+def test_a_nan_probability_is_refused_rather_than_sent_as_invalid_json() -> None:
+    built = protocol.prediction("r1", [math.nan] * 10, "v1", "", {})
+    with pytest.raises(ValueError):
+        protocol.encode(built)
+
+
+# --- Fuzzing: any text gets a request or a ProtocolError, never another exception ---------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _parse_or_refuse(text: str) -> None:
+    try:
+        request = protocol.parse_frame(text)
+    except protocol.ProtocolError as error:
+        assert error.code and error.message
+        assert error.request_id is None or isinstance(error.request_id, str)
+    else:
+        assert isinstance(request.id, str) and 0 < len(request.id) <= protocol.MAX_ID_LENGTH
+        base64.b64decode(request.image, validate=True)
+
+
+@hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=300))
+def test_any_text_is_parsed_or_refused(text: str) -> None:
+    _parse_or_refuse(text)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["type", "id", "image", "other"]),
+        json_values
+        | st.sampled_from(
+            ["predict", "data:image/png;base64,iVBORw0KGgo=", "data:image/png;base64,"]
+        ),
+        max_size=4,
+    )
+)
+def test_any_json_object_is_parsed_or_refused(fields: dict[str, object]) -> None:
+    _parse_or_refuse(json.dumps(fields))
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(
+    media_type=st.sampled_from(
+        ["image/png", "image/jpeg", "image/webp", "image/svg+xml", "", "a/b"]
+    ),
+    params=st.text(alphabet="abc;=", max_size=12),
+    payload=st.text(alphabet="ABCabc012+/=!-_ \n", max_size=64),
+)
+def test_any_data_url_is_parsed_or_refused(media_type: str, params: str, payload: str) -> None:
+    _parse_or_refuse(frame(image=f"data:{media_type};{params};base64,{payload}"))
