@@ -33,9 +33,11 @@ run: $(STAMP)
 test: $(STAMP) browser
 	DIGITS_DATA_DIR=$${DIGITS_DATA_DIR:-$(TEST_DATA_DIR)} $(PY) -m pytest
 
+## Style (ruff) and the architecture's import contracts (import-linter, in pyproject.toml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	PYTHONPATH=. $(VENV)/bin/lint-imports --no-cache
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -120,7 +120,7 @@ def in_process_limit(images: Images, seconds: float, device: str) -> tuple[float
     import torch
 
     from classifier.ml.inference import Predictor
-    from classifier.serving.worker import prepare_batch
+    from classifier.serving.batch import prepare_batch
 
     if settings.DIGITS_TORCH_THREADS > 0:
         torch.set_num_threads(settings.DIGITS_TORCH_THREADS)

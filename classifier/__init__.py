@@ -1,5 +1,7 @@
-"""Handwritten-digit recognition.
+"""Handwritten-digit recognition: the ML core and the service around it, in three packages.
 
-The ML core (`preprocessing`, `data`, `model`, `training`, `inference`, ...) is plain PyTorch and
-imports nothing from Django; `tasks`, `consumers` and `management` are thin adapters over it.
+- `classifier.ml`: the model, its data, training and inference, in plain PyTorch.
+- `classifier.serving`: the websocket consumer, the protocol, the Celery task and the worker.
+- `classifier.transport`: where the service overrides library internals (kombu, celery-batches,
+  channels_redis) to take round trips out of every request.
 """

@@ -127,3 +127,34 @@ def test_the_deploy_check_passes_for_production_but_for_the_operators_choices() 
     assert deploy_check(**PRODUCTION) == {"security.W004", "security.W008", "security.W016"}
     # Development mode is reported as such.
     assert "security.W018" in deploy_check(**PRODUCTION, DIGITS_DEBUG="1")
+
+
+@pytest.mark.parametrize(
+    ("value", "layer", "broker"),
+    [
+        (None, "classifier.transport.channel_layer.ResilientRedisChannelLayer", True),
+        ("tuned", "classifier.transport.channel_layer.ResilientRedisChannelLayer", True),
+        ("stock", "channels_redis.core.RedisChannelLayer", False),
+    ],
+)
+def test_the_transport_switch_chooses_the_overrides_or_the_stock_libraries(
+    value: str | None, layer: str, broker: bool
+) -> None:
+    env = {} if value is None else {"DIGITS_TRANSPORT": value}
+    values = settings_with("CHANNEL_LAYERS", "CELERY_BROKER_TRANSPORT", **env)
+    assert values["CHANNEL_LAYERS"]["default"]["BACKEND"] == layer
+    expected = "classifier.transport.broker:Transport" if broker else None
+    assert values["CELERY_BROKER_TRANSPORT"] == expected
+
+
+def test_an_unknown_transport_is_refused() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", "import digits_site.settings"],
+        cwd=REPO,
+        env=clean_env(DIGITS_TRANSPORT="fast"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "DIGITS_TRANSPORT must be tuned or stock" in done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -10,8 +11,11 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from PIL import Image
 
+from classifier.management.commands.train import Command as TrainCommand
 from classifier.ml.data import MNIST_FILES
+from classifier.ml.model import ModelConfig
 from classifier.ml.report import report_paths
+from classifier.ml.training import TrainConfig
 from classifier.ml.weights import load_weights, sidecar_path
 from tests.helpers import SHIPPED_WEIGHTS
 
@@ -101,6 +105,11 @@ def test_train_quick_run_writes_weights_and_report(data_dir, tmp_path):
     assert metadata["train_images"] == 2000 and metadata["epochs"] == 1
     assert metadata["test_accuracy"] > 0.8
     assert metadata["data_checksum"].startswith("sha256:")
+    # The file explains its run and rebuilds its network.
+    assert metadata["model_args"] == ModelConfig(widths=(16, 32, 64)).as_dict()
+    training = metadata["training"]
+    assert (training["epochs"], training["batch_size"], training["limit"]) == (1, 100, 2000)
+    assert training["lr"] == TrainConfig.lr and training["augmentation"]["rotation_deg"] > 0
     assert json.loads(sidecar_path(output).read_text())["version"] == metadata["version"]
 
     json_path, png_path = report_paths(output)
@@ -125,6 +134,36 @@ def test_train_offline_without_data_stops_with_the_file_names(tmp_path):
     assert not (tmp_path / "w.safetensors").exists()
 
 
-def test_train_rejects_nonsense_options(tmp_path):
-    with pytest.raises(CommandError, match="--epochs"):
-        run("train", "--epochs", "0", "--output", str(tmp_path / "w.safetensors"))
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--epochs", "0"),
+        ("--batch-size", "0"),
+        ("--limit", "0"),
+        ("--lr", "-1"),
+        ("--threads", "0"),
+    ],
+)
+def test_train_rejects_nonsense_options(tmp_path, option, value):
+    with pytest.raises(CommandError, match=option):
+        run("train", option, value, "--output", str(tmp_path / "w.safetensors"))
+
+
+def test_train_has_one_option_per_config_field_with_its_default():
+    """`manage.py train`'s options are generated from TrainConfig: every field is an option,
+    each help states the field's default, and unchanged options give the default config."""
+    command = TrainCommand()
+    parser = command.create_parser("manage.py", "train")
+    helps = {action.dest: action.help for action in parser._actions if action.dest != "help"}
+    defaults = vars(parser.parse_args([]))
+    for field in dataclasses.fields(TrainConfig):
+        assert field.name in helps, field.name
+        assert "(default: " in helps[field.name]
+        if field.name != "device":  # chosen by DIGITS_DEVICE
+            assert defaults[field.name] == field.default, field.name
+    assert "(default: 8)" in helps["epochs"]
+    assert TrainConfig(
+        **{f.name: defaults[f.name] for f in dataclasses.fields(TrainConfig)}
+    ) == TrainConfig(device=defaults["device"])
+    args = vars(parser.parse_args(["--no-augment", "--limit", "5", "--lr", "0.01"]))
+    assert (args["augment"], args["limit"], args["lr"]) == (False, 5, 0.01)

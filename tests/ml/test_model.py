@@ -1,11 +1,22 @@
-"""The network: shapes, size, and the architecture registry."""
+"""The network: shapes, size, its constructor arguments, the architecture registry, and the
+normalisation of its input."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from classifier.ml.model import ARCHITECTURE, ARCHITECTURES, NUM_CLASSES, DigitsCNN, build_model
+from classifier.ml.input import IMAGE_SIZE, MNIST_MEAN, MNIST_STD
+from classifier.ml.model import (
+    ARCHITECTURE,
+    ARCHITECTURES,
+    NUM_CLASSES,
+    DigitsCNN,
+    ModelConfig,
+    build_model,
+    normalize,
+)
 
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
@@ -43,3 +54,38 @@ def test_training_step_changes_every_parameter():
 def test_unknown_architecture():
     with pytest.raises(ValueError, match="Unknown architecture"):
         build_model("resnet-9000")
+
+
+def test_a_config_round_trips_through_its_dict_and_builds_its_network():
+    config = ModelConfig(widths=(4, 6, 8), dropout=0.2, num_classes=11)
+    assert ModelConfig.from_dict(config.as_dict()) == config
+    logits = build_model(config).eval()(torch.zeros(2, 1, 28, 28))
+    assert logits.shape == (2, 11)
+    assert build_model(ARCHITECTURE).state_dict().keys() == DigitsCNN().state_dict().keys()
+
+
+@pytest.mark.parametrize(
+    "values", [{"widths": [1, 2]}, {"widths": [4, 0, 4]}, {"num_classes": 1}, {"size": 3}]
+)
+def test_a_bad_config_is_refused(values):
+    with pytest.raises(ValueError):
+        ModelConfig.from_dict(values)
+
+
+def test_normalize_uint8_numpy_and_tensor():
+    images = np.zeros((3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    images[1] = 255
+    x = normalize(images)
+    assert x.shape == (3, 1, IMAGE_SIZE, IMAGE_SIZE) and x.dtype == torch.float32
+    assert torch.allclose(x[0], torch.full_like(x[0], -MNIST_MEAN / MNIST_STD))
+    assert torch.allclose(x[1], torch.full_like(x[1], (1 - MNIST_MEAN) / MNIST_STD))
+    assert torch.equal(normalize(torch.from_numpy(images)), x)
+
+
+def test_normalize_leaves_float_input_alone_and_rejects_wrong_shapes():
+    floats = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    before = floats.clone()
+    normalize(floats)
+    assert torch.equal(floats, before)
+    with pytest.raises(ValueError, match="shape"):
+        normalize(np.zeros((2, 32, 32), dtype=np.uint8))

@@ -10,14 +10,11 @@ import zlib
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from classifier.ml.canvas import render_template
-from classifier.ml.input import MNIST_MEAN, MNIST_STD
-from classifier.ml.model import normalize
 from classifier.ml.preprocessing import (
     CENTRE_OF_MASS,
     DIGIT_BOX,
@@ -282,26 +279,7 @@ def test_no_pillow_exception_escapes(body, prefix):
         preprocess(prefix + body)
 
 
-# --- normalize and the preview -------------------------------------------------------------------
-
-
-def test_normalize_uint8_numpy_and_tensor():
-    images = np.zeros((3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    images[1] = 255
-    x = normalize(images)
-    assert x.shape == (3, 1, IMAGE_SIZE, IMAGE_SIZE) and x.dtype == torch.float32
-    assert torch.allclose(x[0], torch.full_like(x[0], -MNIST_MEAN / MNIST_STD))
-    assert torch.allclose(x[1], torch.full_like(x[1], (1 - MNIST_MEAN) / MNIST_STD))
-    assert torch.equal(normalize(torch.from_numpy(images)), x)
-
-
-def test_normalize_leaves_float_input_alone_and_rejects_wrong_shapes():
-    floats = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
-    before = floats.clone()
-    normalize(floats)
-    assert torch.equal(floats, before)
-    with pytest.raises(ValueError, match="shape"):
-        normalize(np.zeros((2, 32, 32), dtype=np.uint8))
+# --- The preview -------------------------------------------------------------------
 
 
 def test_encode_preview_round_trips(centred_seven):

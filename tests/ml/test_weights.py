@@ -9,15 +9,23 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from classifier.ml.model import ARCHITECTURE, FAST_ARCHITECTURE, build_model
+from classifier.ml.model import (
+    ARCHITECTURE,
+    ARCHITECTURES,
+    FAST_ARCHITECTURE,
+    ModelConfig,
+    build_model,
+)
 from classifier.ml.weights import (
     WEIGHTS_FORMAT,
     WeightsError,
+    config_from_metadata,
     load_weights,
     save_weights,
     sidecar_path,
     weights_digest,
 )
+from tests.helpers import SHIPPED_WEIGHTS
 
 
 @pytest.fixture
@@ -70,9 +78,11 @@ def test_versions_differ_for_different_weights(model, tmp_path):
     assert a["version"] != b["version"]
 
 
-def test_save_requires_a_known_architecture(model, tmp_path):
+def test_save_requires_a_known_architecture_or_model_args(model, tmp_path):
     with pytest.raises(ValueError, match="architecture"):
         save_weights(model, tmp_path / "x.safetensors", {})
+    with pytest.raises(ValueError, match="Unknown architecture 'mystery'"):
+        save_weights(model, tmp_path / "x.safetensors", {"architecture": "mystery"})
 
 
 def test_missing_file(tmp_path):
@@ -160,3 +170,64 @@ def test_non_finite_values(model, tmp_path):
     _ours(state, path)
     with pytest.raises(WeightsError, match="non-finite"):
         load_weights(path)
+
+
+# --- The file alone rebuilds its network ---------------------------------------------------------
+
+
+def test_the_metadata_carries_the_networks_constructor_arguments(saved):
+    path, stored = saved
+    assert stored["model_args"] == ModelConfig(widths=(32, 48, 96)).as_dict()
+    _, metadata = load_weights(path)
+    assert build_model(config_from_metadata(metadata)).state_dict().keys() == (
+        build_model(ARCHITECTURE).state_dict().keys()
+    )
+
+
+def test_a_network_of_any_width_round_trips_by_its_model_args(tmp_path):
+    """A network no architecture name describes: its `model_args` are enough to rebuild it."""
+    config = ModelConfig(widths=(8, 12, 20), dropout=0.0)
+    torch.manual_seed(3)
+    model = build_model(config)
+    path = tmp_path / "custom.safetensors"
+    save_weights(model, path, {"architecture": "custom", "model_args": config.as_dict()})
+    state_dict, metadata = load_weights(path)
+    assert config_from_metadata(metadata) == config
+    rebuilt = build_model(config_from_metadata(metadata))
+    rebuilt.load_state_dict(state_dict)
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(rebuilt.eval()(x), model.eval()(x))
+
+
+def test_files_without_model_args_are_read_by_their_architecture_name(model, tmp_path):
+    path = tmp_path / "older.safetensors"
+    _ours(model.state_dict(), path)
+    _, metadata = load_weights(path)
+    assert metadata["model_args"] == ModelConfig().as_dict()
+
+
+@pytest.mark.parametrize(
+    "model_args",
+    [{"widths": [8, 8]}, {"widths": [0, 8, 8]}, {"depth": 3}, {"widths": "wide"}, [1, 2]],
+    ids=["two-widths", "zero-width", "unknown-key", "not-numbers", "not-a-dict"],
+)
+def test_unusable_model_args_are_refused_saying_so(model, tmp_path, model_args):
+    path = tmp_path / "odd.safetensors"
+    metadata = {"architecture": ARCHITECTURE, "model_args": model_args}
+    header = {"format": WEIGHTS_FORMAT, "metadata": json.dumps(metadata)}
+    save_file(model.state_dict(), str(path), metadata=header)
+    with pytest.raises(WeightsError, match="unusable model arguments"):
+        load_weights(path)
+    with pytest.raises(ValueError, match="describe the network"):
+        save_weights(model, tmp_path / "never.safetensors", metadata)
+
+
+def test_the_shipped_weights_explain_themselves():
+    """The shipped file names its network's arguments and how it was trained."""
+    _, metadata = load_weights(SHIPPED_WEIGHTS)
+    assert metadata["model_args"] == ARCHITECTURES[metadata["architecture"]].as_dict()
+    training = metadata["training"]
+    assert training["epochs"] == metadata["epochs"]
+    assert {"batch_size", "lr", "weight_decay", "seed", "label_smoothing"} <= training.keys()
+    assert training["optimizer"] == "AdamW"
+    assert training["augmentation"]["flag_p"] > 0
