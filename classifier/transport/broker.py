@@ -1,8 +1,12 @@
 """Celery's Redis transport, taking a backlog in one round trip and acknowledging in another.
 
-kombu's Redis transport reads one message per BRPOP, records each as unacknowledged (so that
-the requests of a worker that dies are delivered again) with a second round trip, and removes
-that record at the acknowledgement with a third. A worker draining a backlog of 64 requests
+Overrides kombu 5.7's Redis transport (kombu/transport/redis.py): `Channel._brpop_read` is a
+copy of kombu's with the delivery changed, and `QoS.append`/`QoS.ack` skip or gather kombu's
+per-message round trips.
+
+kombu's Redis transport reads one message per BRPOP, records each as unacknowledged (so that the
+requests of a worker that dies are delivered again) with a second round trip, and removes that
+record at the acknowledgement with a third. A worker draining a backlog of 64 requests
 made about 190 round trips, one after the other, on the thread that also runs the model; on
 the shared 2-core machine a round trip took 1 to 5 ms, so intake and acknowledgements, not the
 model, set the pace (benchmarks/load.py: batches of 6 where 64 were waiting, 60 answers/s).
@@ -15,7 +19,9 @@ This transport keeps kombu's storage and semantics exactly and changes only the 
   `run_left` tells the receiver when the last of them comes (`StreamBatches` then flushes);
 - `QoS.acks_together()` sends the acknowledgements made inside it in one pipeline.
 
-Chosen with `CELERY_BROKER_TRANSPORT` (digits_site/settings.py); a `redis://` URL is unchanged.
+Chosen with `CELERY_BROKER_TRANSPORT` (digits_site/settings.py) when `DIGITS_TRANSPORT=tuned`,
+the default; a `redis://` URL is unchanged. `DIGITS_TRANSPORT=stock` runs kombu's own transport.
+A Redis before 6.2 (no RPOP count) or a global key prefix falls back to kombu's path by itself.
 """
 
 from __future__ import annotations

@@ -1,4 +1,14 @@
-"""The channel layer: channels_redis, with a receive that outlives a Redis outage.
+"""The channel layer: channels_redis, read by one task per web process, and a receive that
+outlives a Redis outage.
+
+Overrides channels_redis 4.3's `RedisChannelLayer.receive` (channels_redis/core.py) for the
+process-local channels the consumers use: its `receive_buffer`, `non_local_name`,
+`consistent_hash`, `connection` and `deserialize` are used as 4.3 has them, and the messages
+are those its `send` (and classifier.transport.replies) store. The measured effects are in the
+classes' docstrings. The process-local receive lock this replaces is discussed upstream in
+django/channels_redis#163; the redis-py read timeout that killed idle sockets is
+django/channels_redis#422 (worked around in digits_site/settings.py). With
+`DIGITS_TRANSPORT=stock` the service uses `channels_redis.core.RedisChannelLayer` itself.
 
 Channels runs each consumer's `channel_layer.receive()` next to its websocket; when it raises,
 the consumer dies and daphne closes the socket with 1011. With plain channels_redis a Redis
