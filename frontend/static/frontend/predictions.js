@@ -1,4 +1,4 @@
-// The websocket client for /ws/predict/ (protocol in the README): keeps one socket open,
+// The websocket client for /ws/predict/ (protocol in docs/protocol.md): keeps one socket open,
 // reconnecting by itself, numbers requests, and hands the page only answers that are newer
 // than the last one it handed over, so a slow answer never overwrites a fresh one.
 
