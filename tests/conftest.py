@@ -9,7 +9,6 @@ lines, from `runstack`), with its logs in files that are printed when a test usi
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import uuid
@@ -24,9 +23,11 @@ from django.conf import settings
 
 from classifier.ml.data import MNIST_FILES, MnistData, Split, load_mnist, raw_dir
 from digits_site.devstack import EmbeddedRedis
-from tests.helpers import MACHINE_REDIS, Stack, service_env, shipped_weights
+from tests.helpers import MACHINE_REDIS, Stack, delete_queue, service_env, shipped_weights
 
 _running_stacks: list[Stack] = []
+# The old name, still imported from here (tests/transport/test_stock.py).
+_delete_queue = delete_queue
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -149,7 +150,14 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     """The service, running for the whole session: a worker and daphne on a free port."""
-    env = service_env(redis_url, session_names, DIGITS_WEIGHTS=str(weights_copy))
+    env = service_env(
+        redis_url,
+        session_names,
+        DIGITS_WEIGHTS=str(weights_copy),
+        # The origin allow-list as an operator sets it: tests/e2e/test_service.py connects from
+        # a page of the extra host.
+        DIGITS_ALLOWED_HOSTS="127.0.0.1,localhost,digits.example",
+    )
     stack = Stack(tmp_path_factory.mktemp("stack"), env, weights_copy)
     _running_stacks.append(stack)
     try:
@@ -158,12 +166,4 @@ def stack(
     finally:
         stack.stop()
         _running_stacks.remove(stack)
-        _delete_queue(redis_url, session_names["DIGITS_INFERENCE_QUEUE"])
-
-
-def _delete_queue(url: str, queue: str) -> None:
-    """Remove this session's queue and kombu's binding for it (never anyone else's keys)."""
-    client = redis.Redis.from_url(url)
-    with contextlib.suppress(redis.RedisError):
-        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
-    client.close()
+        delete_queue(redis_url, session_names["DIGITS_INFERENCE_QUEUE"])

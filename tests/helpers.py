@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 import websockets
 from django.conf import settings
 from PIL import Image
@@ -26,7 +27,6 @@ from PIL import Image
 from classifier.ml.canvas import TEMPLATES, render_template
 from classifier.serving import protocol
 from classifier.serving.protocol import PREDICT_PATH
-from classifier.serving.tasks import READY_MESSAGE
 from digits_site.devstack import free_port, stop_process, web_argv, worker_argv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,13 +64,21 @@ def service_env(redis_url: str, names: dict[str, str], **overrides: str) -> dict
             "DIGITS_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
             # Tests drive one socket far harder than a person does; the abuse limits are tested
-            # on stacks of their own (tests/serving/test_bad_input.py).
+            # on the consumer in-process (tests/serving/test_consumers.py).
             **UNLIMITED,
             **names,
             **overrides,
         }
     )
     return env
+
+
+def delete_queue(url: str, queue: str) -> None:
+    """Remove a test's Celery queue and kombu's binding for it (never anyone else's keys)."""
+    client = redis.Redis.from_url(url)
+    with contextlib.suppress(redis.RedisError):
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+    client.close()
 
 
 def shipped_weights() -> Path:
@@ -111,6 +119,9 @@ class Stack:
 
     def start_worker(self, timeout: float = WORKER_START_TIMEOUT) -> None:
         """Start the worker and wait for its ready line (model loaded, consuming)."""
+        # Imported here: the task module loads torch, which only a worker's tests need.
+        from classifier.serving.tasks import READY_MESSAGE
+
         assert self.worker is None or self.worker.poll() is not None, "worker already running"
         offset = self.worker_log.stat().st_size if self.worker_log.exists() else 0
         nodename = f"test-{uuid.uuid4().hex[:8]}@%h"

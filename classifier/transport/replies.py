@@ -187,3 +187,7 @@ class ReplySender:
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(timeout)
+        if not self._loop.is_running():
+            # Closed here, not by the garbage collector, where channels_redis's close hook
+            # (it flushes the layer's pools) would run inside whatever loop is running then.
+            self._loop.close()

@@ -5,7 +5,7 @@ The service runs on a Redis of this module's own (the machine's shared one must 
 two workers and one daphne started exactly as `make run` starts them. Every test of the running
 service checks that every accepted request got exactly one answer (a prediction, or an error
 saying why), and ends with a good request answered. The figures are printed (`pytest -s`)
-for the README.
+for docs/testing.md.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ WAIT = DEADLINE + 20
 
 
 def figures(name: str, counts: dict[str, Any]) -> None:
-    """The counts the README reports (visible with `pytest -s`)."""
+    """The counts docs/testing.md reports (visible with `pytest -s`)."""
     print(f"\n[faults] {name}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 

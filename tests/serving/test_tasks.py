@@ -1,14 +1,16 @@
-"""The Celery side: how the predict task is configured, what goes on the wire, and what happens
-to a request nobody serves in time."""
+"""The Celery side: how the predict task is configured and what goes on the wire.
+
+A request nobody serves in time: its client gets `timeout` at the deadline
+(tests/serving/test_consumers.py), and a worker drops the task once past that deadline
+(tests/serving/test_worker.py). A lone request is not held for the flush timer:
+tests/e2e/test_service.py."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,12 +18,11 @@ import redis
 from celery_batches import Batches
 from django.conf import settings
 
-from classifier.serving import protocol
-from classifier.serving.presence import Heartbeat
+from classifier.serving import publish
+from classifier.serving.protocol import PredictRequest
 from classifier.serving.tasks import PREDICT_TASK, StreamBatches, predict
 from digits_site.celery import app
-from tests.conftest import _delete_queue
-from tests.helpers import TEST_REQUEST_TIMEOUT, Stack, render_digit_png, service_env
+from tests.helpers import delete_queue, render_digit_png
 
 
 def test_predict_is_a_batched_task_with_the_configured_size_and_window() -> None:
@@ -48,103 +49,48 @@ def test_only_json_crosses_the_broker() -> None:
     assert app.conf.task_default_queue == settings.DIGITS_INFERENCE_QUEUE
 
 
-def _queued_messages(redis_url: str, queue: str, timeout: float = 10.0) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            raw = client.lrange(queue, 0, -1)
-            if raw:
-                return [json.loads(message) for message in raw]
-            time.sleep(0.02)
-        return []
-    finally:
-        client.close()
-
-
-@pytest.mark.slow
-def test_a_request_nobody_serves_gets_a_timeout_and_its_task_is_dropped_later(
-    stack: Stack, redis_url: str, session_names: dict[str, str]
+def test_a_queued_request_is_plain_json_naming_it_without_its_image(
+    redis_url: str, settings: Any
 ) -> None:
-    """With no worker consuming (but one announced: a hung worker, or one killed less than a
-    heartbeat's ttl ago), a request waits in the queue as plain JSON; its client gets a
-    `timeout` error at the deadline; a worker started afterwards drops the stale task (its
-    client has had its answer) and serves new requests."""
-    queue = session_names["DIGITS_INFERENCE_QUEUE"]
-    stack.stop_worker()
-    # With no worker announced at all the request would be refused at once (`unavailable`,
-    # tests/e2e/test_faults.py); a heartbeat with nobody behind it lets it be queued.
-    ghost = Heartbeat(redis_url, queue, "ghost", lambda: {"model": "none"}, 0.5, 2.0)
-    ghost.start()
+    """`publish.submit` with the real Celery app, on a queue of this test's own in the real
+    Redis: the message is JSON; it names the task, carries Celery's own expiry, and says where
+    to answer (the consumer's channel and ticket) and by when; what Celery logs and reports for
+    it (`kwargsrepr`) names the request without its image."""
+    broker = app.conf.broker_url
+    if broker != redis_url:
+        pytest.skip(f"the Celery app publishes to {broker}, not this session's Redis")
+    queue = f"test-publish-{uuid.uuid4().hex[:10]}"
+    image = base64.b64encode(render_digit_png(6)).decode()
+    request = PredictRequest(id="orphan", media_type="image/png", image=image)
+    deadline = time.time() + 10
+    # The app reads its CELERY_* settings from Django's at each use: a task with no route of
+    # its own goes to this test's queue.
+    settings.CELERY_TASK_DEFAULT_QUEUE = queue
+    assert app.conf.task_default_queue == queue
     try:
-
-        async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any], float, float]:
-            async with stack.client() as client:
-                sent, sent_at = time.monotonic(), time.time()
-                await client.send_image("orphan", render_digit_png(6))
-                queued = await asyncio.to_thread(_queued_messages, redis_url, queue)
-                answer = await client.receive(timeout=TEST_REQUEST_TIMEOUT + 15)
-                return queued, answer, sent_at, time.monotonic() - sent
-
-        queued, answer, sent_at, waited = asyncio.run(scenario())
+        publish.submit(request, "specific.test!reply", 7, deadline)
+        client = redis.Redis.from_url(redis_url)
+        try:
+            raw = client.lrange(queue, 0, -1)
+        finally:
+            client.close()
     finally:
-        ghost.stop()
-        stack.start_worker()
+        delete_queue(redis_url, queue)
 
-    assert len(queued) == 1
-    message = queued[0]
+    assert len(raw) == 1
+    message = json.loads(raw[0])
     assert message["content-type"] == "application/json"
     assert message["headers"]["task"] == PREDICT_TASK
     assert message["headers"]["expires"]  # Celery's own expiry is set too
     _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-    assert kwargs["id"] == "orphan"
-    # What Celery logs and reports for the task names the request, without the image.
+    assert kwargs == {
+        "reply_channel": "specific.test!reply",
+        "ticket": 7,
+        "id": "orphan",
+        "image": image,
+        "deadline": deadline,
+        "sent_at": pytest.approx(time.time(), abs=5),
+    }
+    assert message["headers"]["argsrepr"] == "()"
     assert "orphan" in message["headers"]["kwargsrepr"]
     assert len(message["headers"]["kwargsrepr"]) < 100 < len(kwargs["image"])
-    assert kwargs["reply_channel"].startswith("specific.")  # the consumer's own channel
-    assert kwargs["deadline"] == pytest.approx(sent_at + TEST_REQUEST_TIMEOUT, abs=1)
-
-    assert answer["type"] == protocol.ERROR
-    assert (answer["id"], answer["code"]) == ("orphan", protocol.TIMEOUT)
-    assert TEST_REQUEST_TIMEOUT - 0.5 <= waited <= TEST_REQUEST_TIMEOUT + 5
-
-    deadline = time.monotonic() + 30
-    while "Dropped request 'orphan'" not in stack.worker_log_text():
-        assert time.monotonic() < deadline, "the restarted worker did not drop the stale task"
-        time.sleep(0.1)
-
-    async def fresh() -> dict[str, Any]:
-        async with stack.client() as client:
-            return await client.predict(render_digit_png(6))
-
-    assert asyncio.run(fresh())["type"] == protocol.PREDICTION
-
-
-@pytest.mark.slow
-def test_a_lone_request_does_not_wait_for_the_flush_timer(
-    redis_url: str, weights_copy: Path, tmp_path: Path
-) -> None:
-    """celery-batches flushes on a repeating timer, so a request alone in the queue would wait
-    up to a whole flush interval. With that interval far beyond the request deadline, lone
-    requests are answered all the same, each in a batch of its own: the worker sends a request
-    at once when nothing waits behind it in Redis."""
-    tag = uuid.uuid4().hex[:10]
-    names = {"DIGITS_INFERENCE_QUEUE": f"test-lone-{tag}", "DIGITS_CHANNEL_PREFIX": f"lone-{tag}"}
-    env = service_env(
-        redis_url, names, DIGITS_WEIGHTS=str(weights_copy), DIGITS_BATCH_FLUSH_MS="600000"
-    )
-    stack = Stack(tmp_path, env, weights_copy)
-    try:
-        stack.start()
-
-        async def lone_requests() -> list[dict[str, Any]]:
-            async with stack.client() as client:
-                return [await client.predict(render_digit_png(d)) for d in (3, 8)]
-
-        answers = asyncio.run(lone_requests())
-    finally:
-        stack.stop()
-        _delete_queue(redis_url, names["DIGITS_INFERENCE_QUEUE"])
-    assert [a["type"] for a in answers] == [protocol.PREDICTION] * 2, answers
-    assert [a["digit"] for a in answers] == [3, 8]
-    assert [a["batch"] for a in answers] == [1, 1]
