@@ -59,7 +59,8 @@ def web_argv(host: str, port: int) -> list[str]:
 
 
 def stop_process(process: subprocess.Popen[Any], timeout: float) -> None:
-    """SIGTERM (Celery's warm shutdown: it finishes its batch), then SIGKILL after `timeout`."""
+    """SIGTERM (Celery's warm shutdown: it finishes its batch; Redis and daphne stop at once),
+    then SIGKILL after `timeout`."""
     if process.poll() is not None:
         return
     process.terminate()
@@ -164,14 +165,8 @@ class EmbeddedRedis:
 
     def stop(self, timeout: float = 5.0) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop_process(process, timeout)
 
     def __enter__(self) -> EmbeddedRedis:
         self.start()
