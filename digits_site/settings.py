@@ -7,6 +7,7 @@ environment: commands and workers pass these values in.
 https://docs.djangoproject.com/en/5.2/ref/settings/
 """
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -285,6 +286,31 @@ CELERY_BROKER_TRANSPORT_OPTIONS.update(
     }
 )
 
+# --- Metrics and the status page ----------------------------------------------------------------
+# docs/metrics.md; https://prometheus.github.io/client_python/
+
+# Each worker serves its Prometheus metrics over HTTP on this port (on all interfaces), so a
+# scraper reaches every worker directly: 0 takes a free port (several workers on one machine,
+# tests). A worker whose port is taken logs it and serves requests without metrics.
+DIGITS_WORKER_METRICS_PORT = env_int("DIGITS_WORKER_METRICS_PORT", 9101)
+# The host name in the metrics URL a worker publishes in its heartbeat (/readyz and the status
+# page list it). Empty: the machine's name (socket.getfqdn(), looked up by the worker only); a
+# stack on one machine can say 127.0.0.1.
+DIGITS_WORKER_METRICS_HOST = env_str("DIGITS_WORKER_METRICS_HOST", "").strip()
+# The client networks allowed to read the web's /metrics, /status/ and /status.json and the
+# workers' metrics; anyone else gets 403. By default loopback and the private ranges, so the
+# public never reads them; `0.0.0.0/0,::/0` opens them to all. The address is the socket's peer,
+# or X-Forwarded-For's client with DIGITS_BEHIND_PROXY. A malformed network refuses to start.
+DIGITS_METRICS_ALLOWED = env_list(
+    "DIGITS_METRICS_ALLOWED",
+    ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"],
+)
+for _network in DIGITS_METRICS_ALLOWED:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as _exc:
+        raise ValueError(f"DIGITS_METRICS_ALLOWED: {_network!r} is not a network: {_exc}") from None
+
 # --- Production: HTTPS behind a reverse proxy ---------------------------------------------------
 
 # A reverse proxy (nginx, a load balancer) in front sets X-Forwarded-For and X-Forwarded-Proto:
@@ -298,8 +324,9 @@ if DIGITS_BEHIND_PROXY:
 DIGITS_HTTPS = env_bool("DIGITS_HTTPS", False)
 SECURE_SSL_REDIRECT = DIGITS_HTTPS
 SECURE_HSTS_SECONDS = env_int("DIGITS_HSTS_SECONDS", 3600) if DIGITS_HTTPS else 0
-# Health probes come from inside the network, over plain HTTP.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# Health probes and metrics scrapes come from inside the network, over plain HTTP, and so may an
+# operator's look at the status page (a port forward); DIGITS_METRICS_ALLOWED guards the last.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$", r"^status/$", r"^status\.json$"]
 # The site sets no cookies today; should it ever, they stay on HTTPS.
 SESSION_COOKIE_SECURE = DIGITS_HTTPS
 CSRF_COOKIE_SECURE = DIGITS_HTTPS

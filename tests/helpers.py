@@ -66,6 +66,8 @@ def service_env(redis_url: str, names: dict[str, str], **overrides: str) -> dict
             # Tests drive one socket far harder than a person does; the abuse limits are tested
             # on the consumer in-process (tests/serving/test_consumers.py).
             **UNLIMITED,
+            # Several test stacks run workers at once: each takes a free metrics port.
+            "DIGITS_WORKER_METRICS_PORT": "0",
             **names,
             **overrides,
         }

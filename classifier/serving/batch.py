@@ -1,7 +1,8 @@
 """One batch of requests answered: each image preprocessed on its own, one model call for all.
 
 Plain functions over the ML core, with no Celery or channel layer: the worker (classifier.serving
-.worker) hands each batch here and sends what comes back.
+.worker) hands each batch here and sends what comes back. The timings go to the worker's metrics
+(classifier.serving.metrics) as well as into each prediction frame.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from classifier.ml.inference import Predictor
 from classifier.ml.input import ImageError
 from classifier.ml.preprocessing import encode_preview, preprocess
-from classifier.serving import protocol
+from classifier.serving import metrics, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +81,16 @@ def answer_batch(
     answers: list[Answer] = []
     live = []
     for item in items:
+        metrics.QUEUE_WAIT.observe(max(0.0, started - item["sent_at"]))
         if item["deadline"] < started:
             logger.info("Dropped request %r: past its deadline", item["id"])
+            metrics.WORKER_DROPPED.inc()
         else:
             live.append(item)
     good: list[tuple[Mapping[str, Any], Prepared]] = []
     prepared_all = prepare_batch([i["image"] for i in live], pool)
     for item, prepared in zip(live, prepared_all, strict=True):
+        metrics.PREPROCESS.observe(prepared.ms / 1000)
         if prepared.error is None:
             good.append((item, prepared))
         elif isinstance(prepared.error, ImageError):
@@ -99,6 +103,7 @@ def answer_batch(
     if not good:
         return answers
 
+    metrics.BATCH_SIZE.observe(len(good))
     t0 = time.perf_counter()
     try:
         probabilities, version = predictor.predict_with_version(
@@ -112,6 +117,7 @@ def answer_batch(
         )
         return answers
     inference_ms = (time.perf_counter() - t0) * 1000
+    metrics.INFERENCE.observe(inference_ms / 1000)
 
     for (item, prepared), probs in zip(good, probabilities, strict=True):
         timings = {

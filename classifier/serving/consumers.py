@@ -12,6 +12,10 @@ Before a request is queued it must pass, in order: the frame checks (`protocol.p
 the connection's rate limit, its cap on requests in flight, and the presence of a live worker.
 A refused request is answered at once and never queued; the socket stays open. A client address
 with too many sockets open is told so and its new socket closed.
+
+Every answer frame sent for a request, and the `too_many_connections` frame, goes through
+`_answer`, the one place it is counted (classifier.serving.metrics): the sum of
+`digits_requests_total` over outcomes is the number of answers sent.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from classifier.serving import presence, protocol, publish
+from classifier.serving import metrics, presence, protocol, publish
 from classifier.serving.limits import ConnectionCounter, TokenBucket
 
 logger = logging.getLogger(__name__)
@@ -43,7 +47,7 @@ _connections = ConnectionCounter()
 @dataclass
 class _Pending:
     request_id: str
-    received: float  # loop time the frame arrived
+    received: float  # loop time the frame arrived (asyncio's monotonic clock)
     timer: asyncio.TimerHandle
 
 
@@ -64,6 +68,7 @@ class PredictConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         # Tickets, not client ids, key the requests in flight: a client may reuse an id.
+        opened = asyncio.get_running_loop().time()
         self._tickets = itertools.count()
         self._pending: dict[int, _Pending] = {}
         self._sends: set[asyncio.Task[None]] = set()
@@ -73,21 +78,25 @@ class PredictConsumer(AsyncWebsocketConsumer):
         limit = settings.DIGITS_MAX_CONNECTIONS_PER_CLIENT
         self._counted = _connections.acquire(self._address, limit)
         await self.accept()
+        self._open = True
+        metrics.WEBSOCKET_CONNECTIONS.inc()
         if not self._counted:
             # Accepted first so the client can read why: a refused handshake is an anonymous
             # 403 to a browser, and daphne sends no close reason.
             logger.info("Refused a websocket from %s: %d already open", self._address, limit)
-            await self._send_frame(
-                protocol.error(
-                    None,
-                    protocol.TOO_MANY_CONNECTIONS,
-                    f"Too many connections from your address (the limit is {limit}); "
-                    "close some and try again.",
-                )
+            await self._refuse(
+                None,
+                protocol.TOO_MANY_CONNECTIONS,
+                f"Too many connections from your address (the limit is {limit}); "
+                "close some and try again.",
+                opened,
             )
             await self.close(code=protocol.CLOSE_TOO_MANY_CONNECTIONS)
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "_open", False):
+            self._open = False
+            metrics.WEBSOCKET_CONNECTIONS.dec()
         for pending in self._pending.values():
             pending.timer.cancel()
         self._pending.clear()
@@ -114,10 +123,11 @@ class PredictConsumer(AsyncWebsocketConsumer):
                 protocol.RATE_LIMITED,
                 f"Too many requests: the limit is {settings.DIGITS_RATE_LIMIT:g} a second "
                 f"(bursts of {settings.DIGITS_RATE_BURST}); please slow down.",
+                received,
             )
             return
         if refusal is not None:
-            await self._refuse(refusal.request_id, refusal.code, refusal.message)
+            await self._refuse(refusal.request_id, refusal.code, refusal.message, received)
             return
         if len(self._pending) >= settings.DIGITS_MAX_IN_FLIGHT:
             await self._refuse(
@@ -125,6 +135,7 @@ class PredictConsumer(AsyncWebsocketConsumer):
                 protocol.RATE_LIMITED,
                 f"Too many requests in flight on this connection (the limit is "
                 f"{settings.DIGITS_MAX_IN_FLIGHT}); wait for answers before sending more.",
+                received,
             )
             return
         if not await self.worker_presence().available():
@@ -133,6 +144,7 @@ class PredictConsumer(AsyncWebsocketConsumer):
                 protocol.UNAVAILABLE,
                 "No model worker is running just now, so nobody can answer; please try again "
                 "shortly.",
+                received,
             )
             return
 
@@ -204,10 +216,16 @@ class PredictConsumer(AsyncWebsocketConsumer):
         if pending is None:
             return
         pending.timer.cancel()
-        await self._send_frame(frame)
+        await self._answer(frame, pending.received, queued=True)
 
-    async def _refuse(self, request_id: str | None, code: str, message: str) -> None:
-        await self._send_frame(protocol.error(request_id, code, message))
+    async def _refuse(
+        self, request_id: str | None, code: str, message: str, received: float
+    ) -> None:
+        """Refuse a request at once (never queued); `received` is when its frame arrived."""
+        await self._answer(protocol.error(request_id, code, message), received, queued=False)
 
-    async def _send_frame(self, frame: dict[str, Any]) -> None:
+    async def _answer(self, frame: dict[str, Any], received: float, queued: bool) -> None:
+        """Send one answer frame, and count it: the one place every answer is counted."""
         await self.send(text_data=protocol.encode(frame))
+        elapsed = asyncio.get_running_loop().time() - received
+        metrics.web_answered(metrics.outcome(frame), elapsed, queued)

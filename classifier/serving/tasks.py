@@ -16,7 +16,7 @@ from celery_batches import Batches, SimpleRequest
 from django.conf import settings
 
 from classifier import transport
-from classifier.serving import presence, worker
+from classifier.serving import metrics, presence, worker
 from classifier.serving.publish import PREDICT_TASK
 from classifier.transport.batching import StreamBatches
 from digits_site.celery import app
@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 # Logged once a worker has its model and listens; tests and operators wait for this line.
 READY_MESSAGE = "Digits worker ready"
+
+# This process's metrics server, once the worker is ready (None when its port was taken).
+_metrics_server: metrics.WorkerMetricsServer | None = None
 
 
 @app.task(
@@ -63,23 +66,45 @@ def _load_model(**_: Any) -> None:
         raise SystemExit(1) from exc
 
 
+def start_metrics() -> str | None:
+    """Serve this worker's metrics on DIGITS_WORKER_METRICS_PORT; their URL, or None when the
+    port is taken (logged: the worker serves requests all the same)."""
+    global _metrics_server
+    if _metrics_server is None:
+        _metrics_server = metrics.start_worker_server(
+            settings.DIGITS_WORKER_METRICS_PORT,
+            metrics.AllowList(settings.DIGITS_METRICS_ALLOWED),
+        )
+    if _metrics_server is None:
+        return None
+    # Looked up only here, in the worker: a reverse lookup can be slow, and the web process
+    # never needs the name.
+    host = settings.DIGITS_WORKER_METRICS_HOST or socket.getfqdn()
+    return _metrics_server.url(host)
+
+
+def describe(state: worker.WorkerState, metrics_url: str | None) -> dict[str, Any]:
+    """The worker's heartbeat (and so /readyz and the status page): its model, device and
+    answers, and where its metrics are (left out when it has none)."""
+    return {**state.describe(), **({"metrics": metrics_url} if metrics_url else {})}
+
+
 @signals.worker_ready.connect
 def _announce(sender: Any = None, **_: Any) -> None:
     predictor = worker.state().model.predictor
+    metrics_url = start_metrics()
     # Tell the web side (and /readyz) that a worker with a model is listening on the queue.
     presence.start(
         settings.REDIS_URL,
         settings.DIGITS_INFERENCE_QUEUE,
         node=getattr(sender, "hostname", None) or f"{socket.gethostname()}.{os.getpid()}",
-        describe=lambda: {
-            "model": worker.state().model.predictor.version,
-            "device": str(worker.state().model.predictor.device),
-        },
+        describe=lambda: describe(worker.state(), metrics_url),
         interval=settings.DIGITS_HEARTBEAT_INTERVAL,
         ttl=settings.DIGITS_HEARTBEAT_TTL,
     )
     logger.info(
-        "%s: model %s on %s, queue %r, batches of up to %d within %.1f ms, %s transport",
+        "%s: model %s on %s, queue %r, batches of up to %d within %.1f ms, %s transport, "
+        "metrics at %s",
         READY_MESSAGE,
         predictor.version,
         predictor.device,
@@ -87,10 +112,15 @@ def _announce(sender: Any = None, **_: Any) -> None:
         settings.DIGITS_BATCH_SIZE,
         settings.DIGITS_BATCH_FLUSH_MS,
         settings.DIGITS_TRANSPORT,
+        metrics_url or "(none)",
     )
 
 
 @signals.worker_shutdown.connect
 def _close(**_: Any) -> None:
+    global _metrics_server
     presence.stop()  # first: from now on no request should be sent here
     worker.stop()
+    if _metrics_server is not None:
+        _metrics_server.close()
+        _metrics_server = None

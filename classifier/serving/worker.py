@@ -6,6 +6,9 @@ model, and fails the start with a clear message when the weights are missing or 
 answers one batch of requests (celery-batches hands them over together) with one model call
 (classifier.serving.batch), and sends each answer straight to the consumer that asked, through
 the channel layer (classifier.transport.replies: one Redis round trip per batch).
+
+The worker's metrics (classifier.serving.metrics) are observed here and in the batch code: the
+model served and its swaps by the holder, the answers sent by `serve`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import torch
 
 from classifier.ml.inference import Predictor
+from classifier.serving import metrics
 from classifier.serving.batch import answer_batch
 from classifier.transport.replies import ReplySender
 
@@ -32,7 +36,8 @@ class ModelHolder:
 
     `reload_if_changed()` is a cheap stat, but a batch can come every few milliseconds, so it is
     checked at most every `reload_interval` seconds. The predictor itself logs a switch, and keeps
-    the model that works when the new file is bad.
+    the model that works when the new file is bad. The holder is the process's one: it sets the
+    model info gauge, and counts swaps.
     """
 
     def __init__(
@@ -45,6 +50,7 @@ class ModelHolder:
         self.reload_interval = reload_interval
         self._clock = clock
         self._checked_at = clock()
+        metrics.model_loaded(predictor.version, str(predictor.device))
 
     @classmethod
     def load(cls, weights: Path, device: str, reload_interval: float) -> ModelHolder:
@@ -57,7 +63,8 @@ class ModelHolder:
         if now - self._checked_at >= self.reload_interval:
             self._checked_at = now
             try:
-                self.predictor.reload_if_changed()
+                if self.predictor.reload_if_changed():
+                    metrics.model_swapped(self.predictor.version, str(self.predictor.device))
             except Exception:
                 logger.exception("Checking for new weights failed; serving the current model")
         return self.predictor
@@ -72,10 +79,27 @@ class WorkerState:
         self.model = model
         self.sender = sender
         self.pool = pool  # preprocessing threads, when DIGITS_PREPROCESS_THREADS > 1
+        self.answered = 0  # answers sent since the process started
+        self._rate = metrics.RateMeter()
 
     def serve(self, items: Sequence[Mapping[str, Any]]) -> None:
         answers = answer_batch(items, self.model.current(), pool=self.pool)
-        self.sender.send([(a.channel, a.message) for a in answers])
+        unsent = self.sender.send([(a.channel, a.message) for a in answers])
+        self.answered += metrics.worker_answered(a.message["frame"] for a in answers)
+        if unsent:
+            metrics.WORKER_UNSENT.inc(unsent)
+
+    def describe(self) -> dict[str, Any]:
+        """What the heartbeat publishes about this worker (presence.Heartbeat calls it every
+        beat, from its thread): the model, the device, and the answers so far and per second
+        over the last beats."""
+        predictor = self.model.predictor
+        return {
+            "model": predictor.version,
+            "device": str(predictor.device),
+            "answers": self.answered,
+            "answers_per_second": round(self._rate.rate(self.answered), 2),
+        }
 
 
 _state: WorkerState | None = None

@@ -88,10 +88,13 @@ def test_behind_an_https_proxy() -> None:
     assert values["SECURE_PROXY_SSL_HEADER"] == ["HTTP_X_FORWARDED_PROTO", "https"]
     assert values["SECURE_SSL_REDIRECT"] is True and values["SECURE_HSTS_SECONDS"] == 600
     assert values["SESSION_COOKIE_SECURE"] is values["CSRF_COOKIE_SECURE"] is True
-    # Probes speak plain HTTP from inside the network; the redirect spares them.
-    assert all(
-        re.match(p, "readyz") or re.match(p, "healthz") for p in values["SECURE_REDIRECT_EXEMPT"]
-    )
+    # Probes and metrics scrapes speak plain HTTP from inside the network; the redirect spares
+    # them (and the status page, which DIGITS_METRICS_ALLOWED guards), never the public pages.
+    exempt = values["SECURE_REDIRECT_EXEMPT"]
+    inside = ["readyz", "healthz", "metrics", "status/", "status.json"]
+    assert all(any(re.match(p, path) for p in exempt) for path in inside)
+    assert all(any(re.match(p, path) for path in inside) for p in exempt)
+    assert not any(re.match(p, path) for p in exempt for path in ["", "ws/predict/", "statusXjson"])
     assert "--proxy-headers" in values["web_argv"]  # the per-address limit counts clients
 
 
