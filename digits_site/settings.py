@@ -12,6 +12,7 @@ import os
 import secrets
 from pathlib import Path
 
+import dj_database_url
 import redis.exceptions
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -61,6 +62,12 @@ ALLOWED_HOSTS = env_list("DIGITS_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::
 
 INSTALLED_APPS = [
     "daphne",  # first, so `runserver` is the ASGI server: https://channels.readthedocs.io/en/stable/installation.html
+    # The admin, where people review the users' corrections (docs/feedback.md), and what it needs.
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
     "classifier",
@@ -71,9 +78,14 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # https://whitenoise.readthedocs.io/en/stable/django.html
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Sessions, authentication and messages serve the admin only: the page and the websocket set
+    # no cookie and read none.
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    # No view takes a form today; should one, it is protected from the start.
+    # The admin's forms (login, bulk actions) are protected; no other view takes a form.
     "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -85,12 +97,16 @@ TEMPLATES = [
         "BACKEND": "django.template.backends.django.DjangoTemplates",
         "DIRS": [],
         "APP_DIRS": True,
-        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                # The admin's templates need these two.
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
     }
 ]
-
-# The service keeps no relational data: models live in files, requests in Redis.
-DATABASES: dict = {}
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
@@ -191,6 +207,38 @@ DIGITS_WEIGHTS = Path(
 
 # Where MNIST lives (torchvision's layout: <dir>/MNIST/raw/...). Downloaded there when missing.
 DIGITS_DATA_DIR = Path(env_str("DIGITS_DATA_DIR", str(BASE_DIR / "data")))
+
+# --- Database: the users' corrections (docs/feedback.md) -----------------------------------------
+# Only corrections live in the database (and the admin's users and sessions): models live in
+# files, requests in Redis. The consumer never touches it; workers store corrections, the admin
+# and `manage.py feedback` review them.
+
+# https://github.com/jazzband/dj-database-url: postgres://user:password@host:5432/name, or
+# sqlite:////absolute/path. By default SQLite in the data folder, so `make run` needs nothing
+# installed (runstack creates the folder and applies the migrations); compose.yaml runs PostgreSQL.
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{DIGITS_DATA_DIR / 'digits.sqlite3'}")
+DATABASES = {
+    # Connections are kept a minute and checked before reuse: a worker stores a correction now
+    # and then, and a database restart must not fail the next store.
+    "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        # Workers write while the admin reads and updates: WAL lets readers go on during a write,
+        # and IMMEDIATE transactions take the write lock at their start, so two writers queue
+        # (for `timeout` seconds at most) instead of failing with "database is locked".
+        "init_command": "PRAGMA journal_mode=WAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 5,
+        **DATABASES["default"].get("OPTIONS", {}),
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Salt of the hash of a client's address stored with each correction (the address never is):
+# it tells corrections from one client apart without saying who. The default, the SECRET_KEY,
+# is random per process unless DIGITS_SECRET_KEY is set, so a real deployment sets this (or the
+# key) for the hashes of one client to stay the same across restarts and web processes.
+DIGITS_FEEDBACK_SALT = env_str("DIGITS_FEEDBACK_SALT", "") or SECRET_KEY
 
 # "auto" takes CUDA when present, else the CPU.
 DIGITS_DEVICE = env_str("DIGITS_DEVICE", "auto")
@@ -327,7 +375,7 @@ SECURE_HSTS_SECONDS = env_int("DIGITS_HSTS_SECONDS", 3600) if DIGITS_HTTPS else 
 # Health probes and metrics scrapes come from inside the network, over plain HTTP, and so may an
 # operator's look at the status page (a port forward); DIGITS_METRICS_ALLOWED guards the last.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$", r"^status/$", r"^status\.json$"]
-# The site sets no cookies today; should it ever, they stay on HTTPS.
+# Only the admin sets cookies (its session and CSRF token); they stay on HTTPS.
 SESSION_COOKIE_SECURE = DIGITS_HTTPS
 CSRF_COOKIE_SECURE = DIGITS_HTTPS
 # Django's defaults already send nosniff, Referrer-Policy and COOP; X-Frame-Options: DENY here.

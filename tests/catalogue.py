@@ -39,6 +39,7 @@ FRAME_CODES = frozenset(
         protocol.BAD_FRAME,
         protocol.UNKNOWN_TYPE,
         protocol.BAD_ID,
+        protocol.BAD_LABEL,
         protocol.BAD_DATA_URL,
         protocol.UNSUPPORTED_TYPE,
         protocol.BAD_BASE64,
@@ -263,6 +264,11 @@ def predict(request_id: Any = "r", image: Any = None, **fields: Any) -> str:
     return json.dumps({k: v for k, v in body.items() if v is not None})
 
 
+def feedback(request_id: Any = "r", image: Any = None, **fields: Any) -> str:
+    """A feedback frame; a field given as None is left out."""
+    return predict(request_id, image, type=protocol.FEEDBACK, **fields)
+
+
 def _frame(name: str, build: Callable[[], str | bytes], code: str, request_id: str | None):
     return BadFrame(name, cached(build), code, request_id)
 
@@ -377,6 +383,38 @@ BAD_FRAMES: list[BadFrame] = [
         lambda: predict("t14", data_url(b"\0" * (MAX_IMAGE_BYTES + 1))),
         protocol.IMAGE_TOO_LARGE,
         "t14",
+    ),
+    # A feedback's own fields, checked after its image.
+    _frame("feedback-no-digit", lambda: feedback("f1", good_image()), protocol.BAD_LABEL, "f1"),
+    _frame(
+        "feedback-digit-10",
+        lambda: feedback("f2", good_image(), digit=10),
+        protocol.BAD_LABEL,
+        "f2",
+    ),
+    _frame(
+        "feedback-digit-string",
+        lambda: feedback("f3", good_image(), digit="7"),
+        protocol.BAD_LABEL,
+        "f3",
+    ),
+    _frame(
+        "feedback-digit-true",
+        lambda: feedback("f4", good_image(), digit=True),
+        protocol.BAD_LABEL,
+        "f4",
+    ),
+    _frame(
+        "feedback-predicted-string",
+        lambda: feedback("f5", good_image(), digit=7, predicted="1"),
+        protocol.BAD_FRAME,
+        "f5",
+    ),
+    _frame(
+        "feedback-gif",
+        lambda: feedback("f6", "data:image/gif;base64,R0lGODlhAQABAAAAACw=", digit=3),
+        protocol.UNSUPPORTED_TYPE,
+        "f6",
     ),
     # The frame.
     _frame("binary-frame", lambda: PNG_SIGNATURE + b"\0" * 100, protocol.BINARY_FRAME, None),

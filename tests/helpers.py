@@ -11,7 +11,9 @@ import contextlib
 import io
 import json
 import os
+import sqlite3
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -95,13 +97,24 @@ def shipped_weights() -> Path:
 # --- The stack: a real worker and a real daphne ---------------------------------------------
 
 
+# How long `manage.py migrate` may take for a stack's new database.
+MIGRATE_TIMEOUT = 120.0
+
+
 class Stack:
-    """One Celery worker and one daphne, started with `runstack`'s command lines."""
+    """One Celery worker and one daphne, started with `runstack`'s command lines.
+
+    Each stack has a database of its own, a SQLite file in its directory (unless its env names
+    a DATABASE_URL): the worker stores corrections there, and the service's default, in the
+    data folder, may be shared by other checkouts. It is migrated before the first process
+    starts, as `runstack` does for `make run`.
+    """
 
     def __init__(self, directory: Path, env: dict[str, str], weights_path: Path) -> None:
         self.directory = directory
-        self.env = env
+        self.env = {"DATABASE_URL": f"sqlite:///{directory.resolve() / 'digits.sqlite3'}", **env}
         self.weights_path = weights_path
+        self._migrated = False
         self.port = free_port()
         self.http_url = f"http://127.0.0.1:{self.port}/"
         self.ws_url = f"ws://127.0.0.1:{self.port}/{PREDICT_PATH}"
@@ -119,12 +132,47 @@ class Stack:
                 argv, env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
             )
 
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The stack's SQLite database file; None when its DATABASE_URL is another database."""
+        prefix = "sqlite:///"
+        url = self.env["DATABASE_URL"]
+        return Path(url[len(prefix) :]) if url.startswith(prefix) else None
+
+    def migrate(self, timeout: float = MIGRATE_TIMEOUT) -> None:
+        """Apply the migrations to the stack's database (once; later calls do nothing)."""
+        if self._migrated:
+            return
+        if self.sqlite_path is not None:
+            self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "--verbosity", "0"],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"migrate failed ({done.returncode}):\n{done.stderr[-4000:]}")
+        self._migrated = True
+
+    def corrections(self) -> list[dict[str, Any]]:
+        """The corrections the stack's workers stored, oldest first (read with sqlite3, not the
+        test process's Django database)."""
+        assert self.sqlite_path is not None, "the stack's database is not SQLite"
+        with contextlib.closing(sqlite3.connect(self.sqlite_path)) as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute("SELECT * FROM classifier_correction ORDER BY id").fetchall()
+        return [dict(row) for row in rows]
+
     def start_worker(self, timeout: float = WORKER_START_TIMEOUT) -> None:
         """Start the worker and wait for its ready line (model loaded, consuming)."""
         # Imported here: the task module loads torch, which only a worker's tests need.
         from classifier.serving.tasks import READY_MESSAGE
 
         assert self.worker is None or self.worker.poll() is not None, "worker already running"
+        self.migrate()
         offset = self.worker_log.stat().st_size if self.worker_log.exists() else 0
         nodename = f"test-{uuid.uuid4().hex[:8]}@%h"
         self.worker = self._spawn(worker_argv(nodename), self.worker_log)
@@ -154,6 +202,7 @@ class Stack:
     def start_web(self, timeout: float = WEB_START_TIMEOUT) -> None:
         """Start daphne and wait until the websocket endpoint accepts a connection."""
         assert self.web is None or self.web.poll() is not None, "web already running"
+        self.migrate()
         self.web = self._spawn(web_argv("127.0.0.1", self.port), self.web_log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -259,6 +308,27 @@ def predict_frame(request_id: str, image: bytes, media_type: str = "image/png") 
     )
 
 
+def feedback_frame(
+    request_id: str,
+    image: bytes,
+    digit: int,
+    predicted: int | None = None,
+    model: str | None = None,
+    media_type: str = "image/png",
+) -> str:
+    """A correction: `digit` was drawn; `predicted` and `model` are what the client was told."""
+    return json.dumps(
+        {
+            "type": protocol.FEEDBACK,
+            "id": request_id,
+            "image": data_url(image, media_type),
+            "digit": digit,
+            "predicted": predicted,
+            "model": model,
+        }
+    )
+
+
 # --- A websocket client -------------------------------------------------------------------------
 
 
@@ -283,6 +353,23 @@ class DigitsClient:
     ) -> None:
         self.sent_at[request_id] = time.perf_counter()
         await self.connection.send(predict_frame(request_id, image, media_type))
+
+    async def feedback(
+        self,
+        image: bytes,
+        digit: int,
+        answer: dict[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Say `digit` was drawn (after `answer`, the prediction the page showed, if any) and
+        wait for the answer."""
+        request_id = request_id or uuid.uuid4().hex
+        predicted = answer["digit"] if answer else None
+        model = answer["model"] if answer else None
+        await self.connection.send(feedback_frame(request_id, image, digit, predicted, model))
+        reply = await self.receive()
+        assert reply["id"] == request_id, reply
+        return reply
 
     async def send_raw(self, frame: str | bytes) -> None:
         await self.connection.send(frame)

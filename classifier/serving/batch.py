@@ -3,6 +3,12 @@
 Plain functions over the ML core, with no Celery or channel layer: the worker (classifier.serving
 .worker) hands each batch here and sends what comes back. The timings go to the worker's metrics
 (classifier.serving.metrics) as well as into each prediction frame.
+
+A batch mixes predictions and feedback (corrections; `kind` in the task kwargs, a missing kind
+meaning predict): a feedback image is preprocessed and scored with the others, in the same model
+call, so the correction is stored with what the served model says of it; then it is stored
+(`classifier.corrections.save_correction`, the worker's one use of the database) and answered
+`feedback_saved`. A storage failure answers that request `internal` and nothing else.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from classifier.ml.inference import Predictor
 from classifier.ml.input import ImageError
 from classifier.ml.preprocessing import encode_preview, preprocess
 from classifier.serving import metrics, protocol
+from classifier.serving.protocol import FEEDBACK, PREDICT
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +47,19 @@ class Prepared:
     image: np.ndarray | None
     ms: float  # decode and preprocessing time
     error: Exception | None = None
+    # The image file as sent (the base64 decoded once): what a correction stores.
+    raw: bytes = b""
 
 
 def prepare(payload: str) -> Prepared:
     """Decode one base64 image and preprocess it; never raises."""
     t0 = time.perf_counter()
     try:
-        image = preprocess(base64.b64decode(payload))
+        raw = base64.b64decode(payload)
+        image = preprocess(raw)
     except Exception as exc:
         return Prepared(None, (time.perf_counter() - t0) * 1000, exc)
-    return Prepared(image, (time.perf_counter() - t0) * 1000)
+    return Prepared(image, (time.perf_counter() - t0) * 1000, raw=raw)
 
 
 def prepare_batch(payloads: Sequence[str], pool: Executor | None = None) -> list[Prepared]:
@@ -74,8 +84,8 @@ def answer_batch(
     """Answers for one batch of task kwargs (see `classifier.serving.publish.submit`).
 
     Every request is preprocessed on its own, so a bad image gets its own error and never fails
-    the batch; the good ones go through the model in one call. Requests past their deadline are
-    dropped: their client has had a `timeout` already.
+    the batch; the good ones (predictions and feedback alike) go through the model in one call.
+    Requests past their deadline are dropped: their client has had a `timeout` already.
     """
     started = now()
     answers: list[Answer] = []
@@ -120,6 +130,9 @@ def answer_batch(
     metrics.INFERENCE.observe(inference_ms / 1000)
 
     for (item, prepared), probs in zip(good, probabilities, strict=True):
+        if item.get("kind", PREDICT) == FEEDBACK:
+            answers.append(_store(item, prepared, probs, version))
+            continue
         timings = {
             "queue": max(0.0, (started - item["sent_at"]) * 1000),
             "preprocess": prepared.ms,
@@ -131,6 +144,38 @@ def answer_batch(
         )
         answers.append(_answer(item, frame))
     return answers
+
+
+def _store(
+    item: Mapping[str, Any], prepared: Prepared, probabilities: np.ndarray, version: str
+) -> Answer:
+    """Store one correction with what the model said of its image; its answer either way."""
+    # Imported on first use: the Django app's ORM, which only a worker that stores feedback
+    # needs (and Django is set up in the worker process).
+    from classifier.corrections import save_correction
+
+    probs = [float(p) for p in probabilities]
+    predicted = max(range(len(probs)), key=probs.__getitem__)
+    try:
+        _row, created = save_correction(
+            image=prepared.raw,
+            media_type=item.get("media_type", "image/png"),
+            image28=prepared.image,
+            label=item["label"],
+            predicted=predicted,
+            confidence=probs[predicted],
+            probabilities=probs,
+            model_version=version,
+            client_predicted=item.get("client_predicted"),
+            client_model=item.get("client_model"),
+            client_hash=item.get("client_hash", ""),
+        )
+    except Exception:
+        logger.exception("Storing the correction of request %r failed", item["id"])
+        return _error(
+            item, protocol.INTERNAL, "The correction could not be saved; please try again."
+        )
+    return _answer(item, protocol.feedback_saved(item["id"], duplicate=not created))
 
 
 def _answer(item: Mapping[str, Any], frame: dict[str, Any]) -> Answer:

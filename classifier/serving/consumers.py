@@ -1,5 +1,10 @@
 """The websocket consumer at /ws/predict/: checks frames, queues work, forwards answers.
 
+A `feedback` frame (a correction: what was really drawn) takes exactly the path of a `predict`:
+the same checks and limits, queued to the same workers, answered once. The consumer never
+touches the database (the worker stores corrections); it only adds the salted hash of the
+client's address (`client_hash`), computed once per socket, so that no address is stored.
+
 It never runs the model and never blocks the event loop: a valid request is handed to Celery
 from a thread (publishing is blocking socket I/O), and the answer arrives later as a
 channel-layer message on this consumer's own channel. Every accepted request is answered exactly
@@ -21,6 +26,7 @@ Every answer frame sent for a request, and the `too_many_connections` frame, goe
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import time
@@ -51,6 +57,15 @@ class _Pending:
     timer: asyncio.TimerHandle
 
 
+def client_hash(address: str) -> str:
+    """The salted SHA-256 (hex) of a client address: stored with a correction instead of the
+    address, so one writer's corrections can be told apart without knowing who they are. The
+    salt (DIGITS_FEEDBACK_SALT) keeps the hash of the few IPv4 addresses from being reversed
+    by trying them all."""
+    salt = settings.DIGITS_FEEDBACK_SALT
+    return hashlib.sha256(f"{salt}{address}".encode()).hexdigest()
+
+
 class PredictConsumer(AsyncWebsocketConsumer):
     # The seams to the rest of the service, replaceable in tests: how a request is queued
     # (blocking; called on a publishing thread) and who says whether a worker is alive.
@@ -59,8 +74,9 @@ class PredictConsumer(AsyncWebsocketConsumer):
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch minus its `close_old_connections` before every message: a hop to
-        a worker thread and back, twice per request, for a database this service does not have
-        (benchmarks/load.py: about 1 ms of the web process's CPU per request)."""
+        a worker thread and back, twice per request, for a database the consumer never uses (the
+        workers store corrections; benchmarks/load.py: about 1 ms of the web process's CPU per
+        request)."""
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
@@ -75,6 +91,7 @@ class PredictConsumer(AsyncWebsocketConsumer):
         self._bucket = TokenBucket(settings.DIGITS_RATE_LIMIT, settings.DIGITS_RATE_BURST)
         client = self.scope.get("client")
         self._address = str(client[0]) if client else "unknown"
+        self._client_hash = client_hash(self._address)
         limit = settings.DIGITS_MAX_CONNECTIONS_PER_CLIENT
         self._counted = _connections.acquire(self._address, limit)
         await self.accept()
@@ -161,6 +178,7 @@ class PredictConsumer(AsyncWebsocketConsumer):
                 self.channel_name,
                 ticket,
                 time.time() + timeout,
+                self._client_hash,
             )
         except Exception as exc:
             # Redis unreachable, typically: one line per request, not a traceback each.

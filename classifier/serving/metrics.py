@@ -81,7 +81,8 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 REQUESTS = Counter(
     "digits_requests",
-    "Answers sent for websocket requests, by outcome: `prediction` or the error code.",
+    "Answers sent for websocket requests, by outcome: `prediction`, `feedback_saved` or the "
+    "error code.",
     ["outcome"],
     registry=WEB_REGISTRY,
 )
@@ -112,9 +113,11 @@ def web_answered(outcome: str, seconds: float, queued: bool) -> None:
 
 
 def outcome(frame: Mapping[str, Any]) -> str:
-    """An answer frame's outcome label: `prediction`, or the error frame's code."""
-    if frame.get("type") == protocol.PREDICTION:
-        return PREDICTION
+    """An answer frame's outcome label: `prediction`, `feedback_saved`, or the error frame's
+    code."""
+    kind = frame.get("type")
+    if kind in (protocol.PREDICTION, protocol.FEEDBACK_SAVED):
+        return str(kind)
     return str(frame.get("code") or "unknown")
 
 
@@ -177,7 +180,7 @@ INFERENCE = Histogram(
 WORKER_ANSWERS = Counter(
     "digits_worker_answers",
     "Answers this worker sent (or tried to: see digits_worker_unsent_total), by outcome: "
-    "`prediction` or the error code.",
+    "`prediction`, `feedback_saved` or the error code.",
     ["outcome"],
     registry=WORKER_REGISTRY,
 )

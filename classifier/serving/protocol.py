@@ -3,12 +3,18 @@
 Client → server (JSON text frames)::
 
     {"type": "predict", "id": "<1..128 chars>", "image": "data:image/png;base64,..."}
+    {"type": "feedback", "id": "<1..128 chars>", "image": "data:image/png;base64,...",
+     "digit": 0-9, "predicted": 0-9 or null, "model": "<version>" or null}
+
+A `feedback` frame says what was really drawn (`digit`), sending the image again so that the
+server keeps no state per socket; `predicted` and `model` (what the page was told) are optional.
 
 Server → client::
 
     {"type": "prediction", "id": ..., "digit": 0-9, "confidence": 0..1,
      "probabilities": [ten floats], "model": "<version>", "preview": "data:image/png;base64,...",
      "timings_ms": {...}, "batch": <images scored in the same model call>}
+    {"type": "feedback_saved", "id": ..., "duplicate": false}
     {"type": "error", "id": ... or null, "code": "<short code>", "message": "<a sentence>"}
 
 This module is the one home of the frame shapes, the error codes and the limits on a frame. It
@@ -26,7 +32,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from classifier.ml.input import (
     MAX_IMAGE_BYTES,
@@ -43,7 +49,9 @@ PREDICT_PATH = "ws/predict/"
 # --- Frame types ---------------------------------------------------------------------------------
 
 PREDICT = "predict"
+FEEDBACK = "feedback"
 PREDICTION = "prediction"
+FEEDBACK_SAVED = "feedback_saved"
 ERROR = "error"
 
 # --- Error codes (the `code` of an error frame) ------------------------------------------------
@@ -53,8 +61,9 @@ BINARY_FRAME = "binary_frame"  # a binary websocket message; the protocol is JSO
 FRAME_TOO_LARGE = "frame_too_large"  # longer than MAX_FRAME_CHARS
 BAD_JSON = "bad_json"  # not JSON at all
 BAD_FRAME = "bad_frame"  # JSON, but not an object with the right fields and types
-UNKNOWN_TYPE = "unknown_type"  # a `type` other than "predict"
+UNKNOWN_TYPE = "unknown_type"  # a `type` other than "predict" or "feedback"
 BAD_ID = "bad_id"  # `id` missing, not a string, empty or too long
+BAD_LABEL = "bad_label"  # a feedback's `digit` missing or not an integer 0-9
 # The image, checked before decoding.
 BAD_DATA_URL = "bad_data_url"  # `image` is not a base64 data URL
 UNSUPPORTED_TYPE = "unsupported_type"  # a data URL of something other than PNG, JPEG or WebP
@@ -80,8 +89,15 @@ CLOSE_TOO_MANY_CONNECTIONS = 4429
 # --- Limits --------------------------------------------------------------------------------------
 
 MAX_ID_LENGTH = 128
+# The longest model version a feedback frame may name (the page sends back what it was told).
+MAX_MODEL_LENGTH = 128
+# The digits a label (and a model's answer) may be.
+DIGITS = range(10)
 # Media types a data URL may name, as `canvas.toDataURL()` and image files spell them.
 ACCEPTED_MEDIA_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/webp"})
+# Other spellings of an accepted type, and the one name a request carries for it (a correction
+# is stored with it).
+_MEDIA_TYPE_ALIASES = {"image/jpg": "image/jpeg"}
 # The longest frame worth parsing: the largest accepted image in base64 plus the envelope. The
 # ASGI server's own limit (settings.DIGITS_WS_MAX_MESSAGE_BYTES) must be at least this, so every
 # frame this module rejects gets an error frame rather than a closed socket.
@@ -119,15 +135,38 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class PredictRequest:
-    """A valid `predict` frame. `image` is the data URL's base64 payload, already checked."""
+    """A valid `predict` frame. `image` is the data URL's base64 payload, already checked;
+    `media_type` the data URL's, lower case, "image/jpg" read as "image/jpeg"."""
 
+    kind: ClassVar[str] = PREDICT
     id: str
     media_type: str
     image: str
 
 
-def parse_frame(text: str | None, data: bytes | None = None) -> PredictRequest:
-    """Check one client frame; raise `ProtocolError` with a code and a sentence for a person."""
+@dataclass(frozen=True)
+class FeedbackRequest:
+    """A valid `feedback` frame: the image (checked as a predict's is), the digit that was
+    really drawn (`label`), and, when the client sent them, what it was told: the model's digit
+    (`predicted`) and the model's version (`model`)."""
+
+    kind: ClassVar[str] = FEEDBACK
+    id: str
+    media_type: str
+    image: str
+    label: int
+    predicted: int | None = None
+    model: str | None = None
+
+
+Request = PredictRequest | FeedbackRequest
+
+
+def parse_frame(text: str | None, data: bytes | None = None) -> Request:
+    """Check one client frame; raise `ProtocolError` with a code and a sentence for a person.
+
+    The checks run in one order for both types: the frame, its id, its type, its image, then a
+    feedback's own fields (`digit`, then `predicted` and `model`)."""
     if text is None:
         raise ProtocolError(
             BINARY_FRAME, "Binary messages are not accepted; send JSON text frames."
@@ -146,18 +185,62 @@ def parse_frame(text: str | None, data: bytes | None = None) -> PredictRequest:
 
     request_id = _parse_id(frame.get("id"))
     kind = frame.get("type")
-    if kind != PREDICT:
+    if kind not in (PREDICT, FEEDBACK):
         if not isinstance(kind, str):
             raise ProtocolError(
-                BAD_FRAME, 'The message needs a "type" field: "predict".', request_id
+                BAD_FRAME, 'The message needs a "type" field: "predict" or "feedback".', request_id
             )
         raise ProtocolError(
             UNKNOWN_TYPE,
-            f'Unknown message type "{kind[:40]}"; the only type is "predict".',
+            f'Unknown message type "{kind[:40]}"; the types are "predict" and "feedback".',
             request_id,
         )
     media_type, payload = _parse_image(frame.get("image"), request_id)
-    return PredictRequest(id=request_id, media_type=media_type, image=payload)
+    if kind == PREDICT:
+        return PredictRequest(id=request_id, media_type=media_type, image=payload)
+    return FeedbackRequest(
+        id=request_id,
+        media_type=media_type,
+        image=payload,
+        label=_parse_label(frame.get("digit"), request_id),
+        predicted=_parse_predicted(frame.get("predicted"), request_id),
+        model=_parse_model(frame.get("model"), request_id),
+    )
+
+
+def _is_digit(value: Any) -> bool:
+    """An integer 0-9; JSON's true and false (Python bools, so ints) and 7.0 are not."""
+    return isinstance(value, int) and not isinstance(value, bool) and value in DIGITS
+
+
+def _parse_label(value: Any, request_id: str) -> int:
+    if not _is_digit(value):
+        raise ProtocolError(
+            BAD_LABEL,
+            'A feedback needs a "digit": the integer 0 to 9 that was drawn.',
+            request_id,
+        )
+    return int(value)
+
+
+def _parse_predicted(value: Any, request_id: str) -> int | None:
+    if value is not None and not _is_digit(value):
+        raise ProtocolError(
+            BAD_FRAME,
+            'The "predicted" digit must be an integer 0 to 9, or null.',
+            request_id,
+        )
+    return value
+
+
+def _parse_model(value: Any, request_id: str) -> str | None:
+    if value is not None and not (isinstance(value, str) and len(value) <= MAX_MODEL_LENGTH):
+        raise ProtocolError(
+            BAD_FRAME,
+            f'The "model" must be a string of at most {MAX_MODEL_LENGTH} characters, or null.',
+            request_id,
+        )
+    return value
 
 
 def _parse_id(value: Any) -> str:
@@ -197,6 +280,7 @@ def _parse_image(value: Any, request_id: str) -> tuple[str, str]:
         raise ProtocolError(
             BAD_DATA_URL, 'The data URL must be base64-encoded (";base64,").', request_id
         )
+    media_type = _MEDIA_TYPE_ALIASES.get(media_type, media_type)
     payload = match["payload"]
     # Refuse by length before decoding: base64 holds 3 bytes in 4 characters.
     if len(payload) > 4 * math.ceil(MAX_IMAGE_BYTES / 3):
@@ -246,6 +330,12 @@ def prediction(
         "timings_ms": {name: round(value, 3) for name, value in timings_ms.items()},
         "batch": batch,
     }
+
+
+def feedback_saved(request_id: str, duplicate: bool) -> dict[str, Any]:
+    """A `feedback_saved` frame: the correction is stored; `duplicate` when the same 28x28
+    image was stored before (it counts once)."""
+    return {"type": FEEDBACK_SAVED, "id": request_id, "duplicate": bool(duplicate)}
 
 
 def error(request_id: str | None, code: str, message: str) -> dict[str, Any]:

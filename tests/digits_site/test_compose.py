@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import dj_database_url
 import pytest
 import yaml
 from django.core.management import get_commands
@@ -41,7 +42,7 @@ def dockerfile_cmd() -> list[str]:
 
 def test_the_promised_services_exist(services: dict[str, Any]) -> None:
     # Prometheus and Grafana: the `monitoring` profile (tests/deploy/test_monitoring.py).
-    assert set(services) == {"redis", "web", "worker", "train", "prometheus", "grafana"}
+    assert set(services) == {"redis", "db", "web", "worker", "train", "prometheus", "grafana"}
 
 
 def test_workers_reserve_a_gpu_and_can_be_scaled(services: dict[str, Any]) -> None:
@@ -113,3 +114,25 @@ def test_the_image_is_built_from_this_project() -> None:
     ignored = (REPO / ".dockerignore").read_text().split()
     assert "classifier" not in ignored and "classifier/weights" not in ignored
     assert ".venv" in ignored and "data" in ignored
+
+
+def test_the_app_services_keep_corrections_in_the_postgres_service(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    db = services["db"]
+    assert db["image"].startswith("postgres:16")
+    assert "pg_isready" in db["healthcheck"]["test"]
+    [volume] = db["volumes"]
+    assert volume.split(":") == ["db", "/var/lib/postgresql/data"]
+    assert "db" in compose["volumes"]  # a named volume: corrections survive the container
+    for name in ("web", "worker", "train"):
+        service = services[name]
+        assert service["depends_on"]["db"]["condition"] == "service_healthy"
+        url = service["environment"]["DATABASE_URL"].replace("${POSTGRES_PASSWORD:-digits}", "pw")
+        parsed = dj_database_url.parse(url)
+        assert parsed["ENGINE"] == "django.db.backends.postgresql"
+        assert parsed["HOST"] == "db" and parsed["PORT"] == 5432
+        assert parsed["NAME"] == db["environment"]["POSTGRES_DB"]
+        assert parsed["USER"] == db["environment"]["POSTGRES_USER"]
+        assert parsed["PASSWORD"] == "pw"
+    assert db["environment"]["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD:-digits}"

@@ -126,8 +126,13 @@ def test_the_deploy_check_passes_for_production_but_for_the_operators_choices() 
     https = {**PRODUCTION, "DIGITS_HTTPS": "1", "DIGITS_BEHIND_PROXY": "1"}
     assert deploy_check(**https) == {"security.W005", "security.W021"}
     # Plain HTTP (a proxy that terminates TLS must set DIGITS_HTTPS): no HSTS, no redirect,
-    # no cookie marked secure.
-    assert deploy_check(**PRODUCTION) == {"security.W004", "security.W008", "security.W016"}
+    # no cookie marked secure (the admin's session and CSRF cookies).
+    assert deploy_check(**PRODUCTION) == {
+        "security.W004",
+        "security.W008",
+        "security.W012",
+        "security.W016",
+    }
     # Development mode is reported as such.
     assert "security.W018" in deploy_check(**PRODUCTION, DIGITS_DEBUG="1")
 

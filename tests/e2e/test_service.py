@@ -183,6 +183,45 @@ def test_a_model_swap_mid_traffic_loses_no_request(stack: Stack) -> None:
     assert current_version(stack) == new
 
 
+# --- Feedback ------------------------------------------------------------------------------------
+
+
+def test_a_correction_after_an_answer_is_saved_in_the_database_once(stack: Stack) -> None:
+    """On one socket, as the page does it: a drawn 4 is predicted; the writer says it was a 9
+    (sending the image again, with what the page was told); the worker scores it, stores it in
+    the stack's database and answers `feedback_saved`. The same drawing again is a duplicate
+    and stores nothing more; a blank canvas is `empty`."""
+    four = render_digit_png(4, index=3)
+
+    async def scenario() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        async with stack.client() as client:
+            answer = await client.predict(four)
+            saved = [
+                await client.feedback(four, 9, answer, request_id="fix"),
+                await client.feedback(four, 9, answer, request_id="again"),
+                await client.feedback(blank_png(), 9, request_id="blank"),
+            ]
+            return answer, saved
+
+    before = len(stack.corrections())
+    answer, (saved, again, blank) = asyncio.run(scenario())
+    assert answer["type"] == protocol.PREDICTION
+    assert saved == {"type": protocol.FEEDBACK_SAVED, "id": "fix", "duplicate": False}
+    assert again == {"type": protocol.FEEDBACK_SAVED, "id": "again", "duplicate": True}
+    assert (blank["type"], blank["code"]) == (protocol.ERROR, protocol.EMPTY)
+
+    rows = stack.corrections()
+    assert len(rows) == before + 1
+    row = rows[-1]
+    assert (row["label"], row["status"]) == (9, "pending")
+    assert (row["predicted"], row["model_version"]) == (answer["digit"], answer["model"])
+    assert (row["client_predicted"], row["client_model"]) == (answer["digit"], answer["model"])
+    assert row["confidence"] == pytest.approx(answer["confidence"], abs=1e-4)
+    assert bytes(row["image"]) == four
+    assert len(row["image28"]) == 784
+    assert len(row["client_hash"]) == 64 and "127.0.0.1" not in row["client_hash"]
+
+
 # --- Bad input and abuse -------------------------------------------------------------------------
 
 

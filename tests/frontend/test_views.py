@@ -50,9 +50,10 @@ def page() -> tuple[str, _Collector]:
     return html, collector
 
 
-def test_page_has_the_three_buttons_by_name(page: tuple[str, _Collector]) -> None:
+def test_page_has_its_buttons_by_name(page: tuple[str, _Collector]) -> None:
+    """The three drawing buttons, then the feedback row: "Right" and the ten digits."""
     _, found = page
-    assert found.buttons == ["Predict", "Undo", "Reset"]
+    assert found.buttons == ["Predict", "Undo", "Reset", "Right", *map(str, range(10))]
 
 
 def test_answer_area_and_canvas_are_accessible(page: tuple[str, _Collector]) -> None:

@@ -1,18 +1,24 @@
 """One batch answered (classifier/serving/batch.py): one model call, each bad image failing alone,
-requests past their deadline dropped; with the real model, in this process."""
+requests past their deadline dropped; with the real model, in this process. Feedback in a batch
+is stored in a real database (pytest-django's test database, from DATABASE_URL)."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pytest
+from django.db import OperationalError, connection
 
 from classifier.ml.inference import Predictor
-from classifier.serving import protocol
+from classifier.ml.preprocessing import preprocess
+from classifier.models import Correction
+from classifier.serving import protocol, publish
 from classifier.serving.batch import answer_batch
 from tests.helpers import blank_png, render_digit_png, shipped_weights
 
@@ -43,7 +49,7 @@ class BrokenPredictor(CountingPredictor):
 
 
 def item(request_id: str, image: bytes, deadline_in: float = 60.0) -> dict[str, Any]:
-    """Task kwargs as `classifier.serving.tasks.submit` sends them."""
+    """Task kwargs as `classifier.serving.publish.submit` sends them (a predict)."""
     return {
         "reply_channel": f"channel-{request_id}",
         "ticket": hash(request_id) % 1000,
@@ -131,3 +137,108 @@ def test_a_batch_of_only_bad_images_never_calls_the_model(predictor: Predictor) 
     by_id = frames(answer_batch([item("x", blank_png())], counting))  # type: ignore[arg-type]
     assert by_id["x"]["code"] == protocol.EMPTY
     assert counting.batches == []
+
+
+# --- Feedback: scored in the same model call, stored in the real database --------------------
+
+
+def feedback_item(
+    request_id: str,
+    image: bytes,
+    label: int,
+    client_predicted: int | None = None,
+    client_model: str | None = None,
+) -> dict[str, Any]:
+    """Task kwargs of a feedback request, as `classifier.serving.publish.task_kwargs` builds
+    them."""
+    request = protocol.FeedbackRequest(
+        id=request_id,
+        media_type="image/png",
+        image=base64.b64encode(image).decode(),
+        label=label,
+        predicted=client_predicted,
+        model=client_model,
+    )
+    return publish.task_kwargs(
+        request,
+        f"channel-{request_id}",
+        hash(request_id) % 1000,
+        time.time() + 60,
+        "c" * 64,
+        time.time() - 0.001,
+    )
+
+
+@pytest.mark.django_db
+def test_feedback_is_scored_with_the_predictions_in_one_call_stored_and_answered(
+    predictor: Predictor,
+) -> None:
+    """A batch of two predictions and two corrections (one of them a blank canvas): one model
+    call for the three drawn images; the predictions are answered as ever; the correction is
+    stored with what the model said of it in that call (the same as the prediction of the same
+    image) and answered `feedback_saved`; the blank one is answered `empty` and stores nothing."""
+    counting = CountingPredictor(predictor)
+    seven = render_digit_png(7)
+    items = [
+        item("four", render_digit_png(4)),
+        feedback_item("fix", seven, label=1, client_predicted=7, client_model="older-model"),
+        item("seven", seven),
+        feedback_item("blank", blank_png(), label=3),
+    ]
+    by_id = frames(answer_batch(items, counting))  # type: ignore[arg-type]
+
+    assert counting.batches == [3]
+    assert (by_id["four"]["type"], by_id["four"]["digit"]) == (protocol.PREDICTION, 4)
+    assert by_id["fix"] == {"type": protocol.FEEDBACK_SAVED, "id": "fix", "duplicate": False}
+    assert by_id["blank"]["code"] == protocol.EMPTY
+
+    row = Correction.objects.get()  # exactly one row: the blank stored nothing
+    prediction = by_id["seven"]
+    assert bytes(row.image) == seven
+    assert row.media_type == "image/png"
+    pixels = bytes(row.image28)
+    assert len(pixels) == 784
+    assert pixels == preprocess(seven).tobytes()
+    assert row.image_hash == hashlib.sha256(pixels).hexdigest()
+    assert (row.label, row.predicted) == (1, prediction["digit"])
+    assert row.confidence == pytest.approx(prediction["confidence"], abs=1e-5)
+    assert row.probabilities == pytest.approx(prediction["probabilities"], abs=1e-5)
+    assert row.model_version == predictor.version
+    assert (row.client_predicted, row.client_model, row.client_hash) == (7, "older-model", "c" * 64)
+    assert row.status == "pending"
+
+
+@pytest.mark.django_db
+def test_the_same_drawing_sent_again_is_a_duplicate_and_counts_once(predictor: Predictor) -> None:
+    """The same image with another label, in a later batch: answered `duplicate: true`, and the
+    first row stays as it was."""
+    nine = render_digit_png(9, index=1)
+    first = frames(answer_batch([feedback_item("a", nine, label=9)], predictor))
+    again = frames(answer_batch([feedback_item("b", nine, label=4)], predictor))
+    assert first["a"]["duplicate"] is False
+    assert again["b"] == {"type": protocol.FEEDBACK_SAVED, "id": "b", "duplicate": True}
+    assert list(Correction.objects.values_list("label", flat=True)) == [9]
+
+
+@pytest.mark.django_db
+def test_a_database_error_fails_only_that_correction(
+    predictor: Predictor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database refuses the insert (as a full disk or a lost server would, raised by
+    Django's query-execution hook): that correction is answered `internal` and logged with the
+    error; the prediction in the same batch is answered, and nothing is stored."""
+
+    def refuse_inserts(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.lstrip().upper().startswith("INSERT"):
+            raise OperationalError("disk I/O error")
+        return execute(sql, params, many, context)
+
+    items = [item("two", render_digit_png(2)), feedback_item("fix", render_digit_png(5), 5)]
+    with caplog.at_level(logging.ERROR), connection.execute_wrapper(refuse_inserts):
+        by_id = frames(answer_batch(items, predictor))
+    assert (by_id["two"]["type"], by_id["two"]["digit"]) == (protocol.PREDICTION, 2)
+    assert (by_id["fix"]["type"], by_id["fix"]["code"]) == (protocol.ERROR, protocol.INTERNAL)
+    failed = [r for r in caplog.records if "fix" in r.getMessage()]
+    assert failed and failed[0].exc_info is not None
+    assert "disk I/O error" in str(failed[0].exc_info[1])
+    assert not Correction.objects.exists()

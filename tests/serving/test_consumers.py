@@ -20,6 +20,7 @@ import importlib
 import itertools
 import json
 import queue
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -34,10 +35,10 @@ from channels.security.websocket import AllowedHostsOriginValidator
 from channels.testing import WebsocketCommunicator
 from channels_redis.core import RedisChannelLayer
 
-from classifier.serving import presence, protocol
+from classifier.serving import metrics, presence, protocol, publish
 from classifier.serving.consumers import PredictConsumer
 from classifier.serving.presence import Heartbeat, registry_key
-from classifier.serving.protocol import PREDICT_PATH, PredictRequest
+from classifier.serving.protocol import PREDICT_PATH, Request
 from classifier.serving.routing import websocket_urlpatterns
 from digits_site.devstack import EmbeddedRedis
 from tests.catalogue import BAD_FRAMES, HOSTILE_IMAGES, digit_png
@@ -57,22 +58,18 @@ ORIGIN = (b"origin", b"http://127.0.0.1:8000")
 class Queued:
     """One call of the publish seam: what `publish.submit` would have sent to the workers."""
 
-    request: PredictRequest
+    request: Request
     reply_channel: str
     ticket: int
     deadline: float
     at: float  # time.time() of the call
+    client_hash: str = ""
 
     def task_kwargs(self) -> dict[str, Any]:
         """The task's kwargs, as `classifier.serving.publish.submit` builds them."""
-        return {
-            "reply_channel": self.reply_channel,
-            "ticket": self.ticket,
-            "id": self.request.id,
-            "image": self.request.image,
-            "deadline": self.deadline,
-            "sent_at": self.at,
-        }
+        return publish.task_kwargs(
+            self.request, self.reply_channel, self.ticket, self.deadline, self.client_hash, self.at
+        )
 
 
 class Published:
@@ -85,12 +82,17 @@ class Published:
         self.failures = 0
 
     def __call__(
-        self, request: PredictRequest, reply_channel: str, ticket: int, deadline: float
+        self,
+        request: Request,
+        reply_channel: str,
+        ticket: int,
+        deadline: float,
+        client_hash: str,
     ) -> None:
         if self.failures > 0 and self.failure is not None:
             self.failures -= 1
             raise self.failure
-        self._calls.put(Queued(request, reply_channel, ticket, deadline, time.time()))
+        self._calls.put(Queued(request, reply_channel, ticket, deadline, time.time(), client_hash))
 
     async def next(self, timeout: float = PROMPTLY) -> Queued:
         """The next request queued; fails the test if none comes within `timeout`."""
@@ -143,6 +145,18 @@ class Socket:
 
     async def predict(self, request_id: str, image: bytes | None = None) -> None:
         await self.send(predict_frame(request_id, image if image is not None else digit_png(7)))
+
+    async def feedback(self, request_id: str, digit: Any = 7, **fields: Any) -> None:
+        """A correction: `digit` was drawn (the image is a drawn 7 unless `image` is given)."""
+        image = fields.pop("image", None)
+        frame = {
+            "type": protocol.FEEDBACK,
+            "id": request_id,
+            "image": data_url(image if image is not None else digit_png(7)),
+            "digit": digit,
+            **fields,
+        }
+        await self.send(json.dumps(frame))
 
     async def receive(self, timeout: float = PROMPTLY) -> dict[str, Any]:
         return json.loads(await self.communicator.receive_from(timeout))
@@ -377,6 +391,100 @@ def test_hostile_images_pass_the_consumer_unopened_and_get_the_workers_answers(
         assert hostile.accepts(answer["code"]), (hostile.name, answer)
 
 
+# --- Feedback -----------------------------------------------------------------------------------
+
+
+def test_a_feedback_frame_is_queued_like_a_predict_with_its_label_and_answered_once(
+    service: Service, worker: Heartbeat
+) -> None:
+    """A correction takes the predict's path: queued (with its kind, label, what the client was
+    told and the client's hash) to the same workers, the worker's `feedback_saved` forwarded
+    unchanged, a second answer dropped. It is counted as its own outcome."""
+    counted = metrics.WEB_REGISTRY.get_sample_value(
+        "digits_requests_total", {"outcome": protocol.FEEDBACK_SAVED}
+    )
+    saved = protocol.feedback_saved("fix", duplicate=False)
+
+    async def scenario() -> tuple[Queued, Queued, dict[str, Any], bool]:
+        async with service.socket() as socket:
+            await socket.predict("guess")
+            await socket.feedback("fix", 7, predicted=1, model="test-model")
+            guess, fix = await service.published.next(), await service.published.next()
+            await service.answer(fix, saved)
+            answer = await socket.receive()
+            await service.answer(fix, protocol.feedback_saved("fix", duplicate=True))  # again
+            return guess, fix, answer, await socket.silent(0.5)
+
+    guess, fix, answer, silent = service.run(scenario)
+    assert isinstance(fix.request, protocol.FeedbackRequest)
+    assert guess.task_kwargs()["kind"] == protocol.PREDICT
+    kwargs = fix.task_kwargs()
+    assert kwargs["kind"] == protocol.FEEDBACK
+    assert (kwargs["label"], kwargs["client_predicted"], kwargs["client_model"]) == (
+        7,
+        1,
+        "test-model",
+    )
+    assert kwargs["image"] == data_url(digit_png(7)).split(",", 1)[1]
+    assert kwargs["media_type"] == "image/png"
+    assert kwargs["client_hash"] == fix.client_hash
+    assert fix.reply_channel == guess.reply_channel and fix.ticket != guess.ticket
+    assert answer == saved
+    assert silent
+    after = metrics.WEB_REGISTRY.get_sample_value(
+        "digits_requests_total", {"outcome": protocol.FEEDBACK_SAVED}
+    )
+    assert after == (counted or 0) + 1
+
+
+def test_the_client_hash_is_a_salted_sha256_of_the_address_never_the_address(
+    service: Service, worker: Heartbeat, settings: Any
+) -> None:
+    """64 hex digits; the same for two sockets of one address, another for another address,
+    and another again under another salt (so it cannot be looked up without the salt)."""
+    address, other = fresh_address(), fresh_address()
+
+    async def hashes() -> list[str]:
+        found = []
+        for n, source in enumerate([address, address, other]):
+            async with service.socket(source) as socket:
+                await socket.feedback(f"f{n}", 3, image=digit_png(3))
+                found.append((await service.published.next()).client_hash)
+        return found
+
+    first, again, elsewhere = service.run(hashes)
+    assert re.fullmatch(r"[0-9a-f]{64}", first)
+    assert address not in first
+    assert first == again
+    assert elsewhere != first
+    settings.DIGITS_FEEDBACK_SALT = "another salt"
+    assert service.run(hashes)[0] != first
+
+
+def test_feedback_is_refused_as_a_predict_is_and_a_bad_label_is_never_queued(
+    service: Service, worker: Heartbeat
+) -> None:
+    """Labels that are not integers 0-9 (10, the string "7", true) are refused at once with
+    `bad_label` and the request's id; nothing is queued. (A blank image is the worker's to
+    find: `empty`, tests/serving/test_batch.py.)"""
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[Queued]]:
+        async with service.socket() as socket:
+            await socket.feedback("ten", 10)
+            await socket.feedback("text", "7")
+            await socket.feedback("yes", True)
+            answers = [await socket.receive() for _ in range(3)]
+            return answers, service.published.taken()
+
+    answers, queued = service.run(scenario)
+    assert [(a["id"], a["code"]) for a in answers] == [
+        ("ten", protocol.BAD_LABEL),
+        ("text", protocol.BAD_LABEL),
+        ("yes", protocol.BAD_LABEL),
+    ]
+    assert queued == []
+
+
 # --- Abuse limits ---------------------------------------------------------------------------
 
 
@@ -586,6 +694,44 @@ def test_the_sites_application_routes_the_socket_and_checks_its_origin(
     answer, evil_connected = service.run(scenario)
     assert answer["code"] == protocol.BAD_JSON
     assert not evil_connected
+
+
+def test_a_feedback_frame_takes_a_token_and_counts_in_flight(
+    service: Service, worker: Heartbeat, settings: Any
+) -> None:
+    """Corrections are no way around the limits: with bursts of 3, a predict and two feedback
+    frames spend the bucket and the next feedback is refused `rate_limited`; with two in flight
+    (the cap), a feedback frame is refused too."""
+    settings.DIGITS_RATE_LIMIT = 0.01
+    settings.DIGITS_RATE_BURST = 3
+    settings.DIGITS_MAX_IN_FLIGHT = 10
+
+    async def bucket() -> tuple[dict[str, Any], list[Queued]]:
+        async with service.socket() as socket:
+            await socket.predict("p")
+            await socket.feedback("f1")
+            await socket.feedback("f2")
+            await socket.feedback("f3")
+            refused = await socket.receive()
+            return refused, [await service.published.next() for _ in range(3)]
+
+    refused, queued = service.run(bucket)
+    assert (refused["id"], refused["code"]) == ("f3", protocol.RATE_LIMITED)
+    assert [q.request.id for q in queued] == ["p", "f1", "f2"]
+
+    settings.DIGITS_RATE_LIMIT = 0
+    settings.DIGITS_MAX_IN_FLIGHT = 2
+
+    async def in_flight() -> dict[str, Any]:
+        async with service.socket() as socket:
+            await socket.predict("p")
+            await socket.feedback("f1")
+            await socket.feedback("f2")
+            return await socket.receive()
+
+    refused = service.run(in_flight)
+    assert (refused["id"], refused["code"]) == ("f2", protocol.RATE_LIMITED)
+    assert "in flight" in refused["message"]
 
 
 # --- Workers, deadlines and answers -----------------------------------------------------------

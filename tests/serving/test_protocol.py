@@ -30,6 +30,20 @@ def frame(**fields: object) -> str:
     return json.dumps({"type": "predict", "id": "r1", "image": data_url(PNG), **fields})
 
 
+def feedback(**fields: object) -> str:
+    """A feedback frame (a drawn 7 the model read as 1); a field given as None is left out."""
+    body = {
+        "type": "feedback",
+        "id": "f1",
+        "image": data_url(PNG),
+        "digit": 7,
+        "predicted": 1,
+        "model": "digits-cnn-v1",
+        **fields,
+    }
+    return json.dumps({k: v for k, v in body.items() if v is not None})
+
+
 def refused(text: str | None, data: bytes | None = None) -> protocol.ProtocolError:
     with pytest.raises(protocol.ProtocolError) as caught:
         protocol.parse_frame(text, data)
@@ -44,11 +58,18 @@ def test_a_predict_frame_becomes_a_request() -> None:
 
 
 @pytest.mark.parametrize(
-    "media_type", ["image/png", "image/jpeg", "image/jpg", "image/webp", "IMAGE/PNG"]
+    ("media_type", "read_as"),
+    [
+        ("image/png", "image/png"),
+        ("image/jpeg", "image/jpeg"),
+        ("image/jpg", "image/jpeg"),
+        ("image/webp", "image/webp"),
+        ("IMAGE/PNG", "image/png"),
+    ],
 )
-def test_png_jpeg_and_webp_data_urls_are_accepted(media_type: str) -> None:
+def test_png_jpeg_and_webp_data_urls_are_accepted(media_type: str, read_as: str) -> None:
     request = protocol.parse_frame(frame(image=data_url(PNG, media_type)))
-    assert request.media_type == media_type.lower()
+    assert request.media_type == read_as
 
 
 def test_data_url_parameters_before_base64_are_allowed() -> None:
@@ -108,7 +129,16 @@ def test_error_codes_are_distinct_short_identifiers() -> None:
         for name, value in vars(protocol).items()
         if name.isupper()
         and isinstance(value, str)
-        and name not in {"PREDICT", "PREDICTION", "ERROR", "ANSWER_MESSAGE", "PREDICT_PATH"}
+        and name
+        not in {
+            "PREDICT",
+            "PREDICTION",
+            "FEEDBACK",
+            "FEEDBACK_SAVED",
+            "ERROR",
+            "ANSWER_MESSAGE",
+            "PREDICT_PATH",
+        }
     ]
     assert len(codes) == len(set(codes))
     assert all(code.isidentifier() and code.islower() for code in codes)
@@ -153,6 +183,99 @@ def test_a_nan_probability_is_refused_rather_than_sent_as_invalid_json() -> None
         protocol.encode(built)
 
 
+# --- Feedback frames ----------------------------------------------------------------------------
+
+
+def test_a_feedback_frame_becomes_a_feedback_request() -> None:
+    request = protocol.parse_frame(feedback())
+    assert isinstance(request, protocol.FeedbackRequest)
+    assert (request.kind, request.id, request.media_type) == ("feedback", "f1", "image/png")
+    assert base64.b64decode(request.image) == PNG
+    assert (request.label, request.predicted, request.model) == (7, 1, "digits-cnn-v1")
+
+
+def test_a_predict_frame_is_a_predict_request_whatever_feedback_fields_it_carries() -> None:
+    request = protocol.parse_frame(frame(digit="not even a digit"))
+    assert isinstance(request, protocol.PredictRequest)
+    assert request.kind == protocol.PREDICT
+
+
+@pytest.mark.parametrize("digit", [0, 9])
+def test_every_digit_is_a_label(digit: int) -> None:
+    assert protocol.parse_frame(feedback(digit=digit)).label == digit
+
+
+def test_predicted_and_model_are_optional() -> None:
+    request = protocol.parse_frame(feedback(predicted=None, model=None))
+    assert (request.label, request.predicted, request.model) == (7, None, None)
+    nulls = json.loads(feedback())
+    nulls.update(predicted=None, model=None)
+    request = protocol.parse_frame(json.dumps(nulls))
+    assert (request.predicted, request.model) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "digit",
+    [10, -1, "7", 7.0, 7.5, True, False, None, [7], {"digit": 7}],
+    ids=["10", "-1", "string", "float", "fraction", "true", "false", "missing", "list", "object"],
+)
+def test_a_label_that_is_not_an_integer_0_to_9_is_a_bad_label(digit: object) -> None:
+    """`true` is an int in Python but not in the protocol; 7.0 is a float in JSON."""
+    error = refused(feedback(digit=digit))
+    assert (error.code, error.request_id) == (protocol.BAD_LABEL, "f1")
+    assert '"digit"' in error.message and "0 to 9" in error.message
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("predicted", 10),
+        ("predicted", -1),
+        ("predicted", "1"),
+        ("predicted", 1.0),
+        ("predicted", True),
+        ("model", 5),
+        ("model", ["v1"]),
+        ("model", "v" * (protocol.MAX_MODEL_LENGTH + 1)),
+    ],
+)
+def test_predicted_and_model_are_type_checked(field: str, value: object) -> None:
+    error = refused(feedback(**{field: value}))
+    assert (error.code, error.request_id) == (protocol.BAD_FRAME, "f1")
+    assert f'"{field}"' in error.message
+
+
+def test_the_longest_model_version_is_accepted() -> None:
+    model = "v" * protocol.MAX_MODEL_LENGTH
+    assert protocol.parse_frame(feedback(model=model)).model == model
+
+
+def test_a_feedback_image_is_checked_as_a_predict_image_is_and_before_its_label() -> None:
+    """The same image checks in the same order: a bad image with a bad label is refused for
+    its image."""
+    error = refused(feedback(image="data:image/gif;base64,R0lGODlhAQABAAAAACw=", digit=11))
+    assert error.code == protocol.UNSUPPORTED_TYPE
+    error = refused(feedback(image="data:image/png;base64,", digit=11))
+    assert error.code == protocol.INVALID_IMAGE
+    over = base64.b64encode(b"\0" * (MAX_IMAGE_BYTES + 1)).decode()
+    assert refused(feedback(image="data:image/png;base64," + over)).code == (
+        protocol.IMAGE_TOO_LARGE
+    )
+
+
+def test_an_unknown_type_is_told_both_types() -> None:
+    error = refused(frame(type="subscribe"))
+    assert error.code == protocol.UNKNOWN_TYPE
+    assert '"predict"' in error.message and '"feedback"' in error.message
+
+
+def test_feedback_saved_frame_shape() -> None:
+    built = protocol.feedback_saved("f1", duplicate=False)
+    assert built == {"type": "feedback_saved", "id": "f1", "duplicate": False}
+    assert protocol.feedback_saved("f2", duplicate=True)["duplicate"] is True
+    assert json.loads(protocol.encode(built)) == built
+
+
 # --- Fuzzing: any text gets a request or a ProtocolError, never another exception ---------------
 
 json_values = st.recursive(
@@ -173,6 +296,10 @@ def _parse_or_refuse(text: str) -> None:
     else:
         assert isinstance(request.id, str) and 0 < len(request.id) <= protocol.MAX_ID_LENGTH
         base64.b64decode(request.image, validate=True)
+        if isinstance(request, protocol.FeedbackRequest):
+            assert type(request.label) is int and 0 <= request.label <= 9
+            assert request.predicted is None or type(request.predicted) is int
+            assert request.model is None or isinstance(request.model, str)
 
 
 @hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -184,12 +311,18 @@ def test_any_text_is_parsed_or_refused(text: str) -> None:
 @hypothesis_settings(max_examples=300, deadline=None)
 @given(
     st.dictionaries(
-        st.sampled_from(["type", "id", "image", "other"]),
+        st.sampled_from(["type", "id", "image", "digit", "predicted", "model", "other"]),
         json_values
         | st.sampled_from(
-            ["predict", "data:image/png;base64,iVBORw0KGgo=", "data:image/png;base64,"]
+            [
+                "predict",
+                "feedback",
+                "data:image/png;base64,iVBORw0KGgo=",
+                "data:image/png;base64,",
+                3,
+            ]
         ),
-        max_size=4,
+        max_size=7,
     )
 )
 def test_any_json_object_is_parsed_or_refused(fields: dict[str, object]) -> None:

@@ -19,7 +19,7 @@ from celery_batches import Batches
 from django.conf import settings
 
 from classifier.serving import publish
-from classifier.serving.protocol import PredictRequest
+from classifier.serving.protocol import FeedbackRequest, PredictRequest
 from classifier.serving.tasks import PREDICT_TASK, StreamBatches, predict
 from digits_site.celery import app
 from tests.helpers import delete_queue, render_digit_png
@@ -87,6 +87,7 @@ def test_a_queued_request_is_plain_json_naming_it_without_its_image(
         "reply_channel": "specific.test!reply",
         "ticket": 7,
         "id": "orphan",
+        "kind": "predict",
         "image": image,
         "deadline": deadline,
         "sent_at": pytest.approx(time.time(), abs=5),
@@ -94,3 +95,42 @@ def test_a_queued_request_is_plain_json_naming_it_without_its_image(
     assert message["headers"]["argsrepr"] == "()"
     assert "orphan" in message["headers"]["kwargsrepr"]
     assert len(message["headers"]["kwargsrepr"]) < 100 < len(kwargs["image"])
+
+
+def test_a_queued_feedback_carries_its_label_and_the_clients_hash(
+    redis_url: str, settings: Any
+) -> None:
+    """A correction goes to the same task on the same queue, marked `kind: feedback`, with the
+    label, what the client says it was told, the image's media type and the client's hash."""
+    broker = app.conf.broker_url
+    if broker != redis_url:
+        pytest.skip(f"the Celery app publishes to {broker}, not this session's Redis")
+    queue = f"test-publish-{uuid.uuid4().hex[:10]}"
+    image = base64.b64encode(render_digit_png(6)).decode()
+    request = FeedbackRequest(
+        id="fix", media_type="image/png", image=image, label=6, predicted=5, model="v1"
+    )
+    settings.CELERY_TASK_DEFAULT_QUEUE = queue
+    try:
+        publish.submit(request, "specific.test!reply", 8, time.time() + 10, "ab" * 32)
+        client = redis.Redis.from_url(redis_url)
+        try:
+            raw = client.lrange(queue, 0, -1)
+        finally:
+            client.close()
+    finally:
+        delete_queue(redis_url, queue)
+
+    message = json.loads(raw[0])
+    assert message["headers"]["task"] == PREDICT_TASK
+    _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    assert {k: kwargs[k] for k in ("id", "kind", "image", "label")} == {
+        "id": "fix",
+        "kind": "feedback",
+        "image": image,
+        "label": 6,
+    }
+    assert (kwargs["client_predicted"], kwargs["client_model"]) == (5, "v1")
+    assert (kwargs["media_type"], kwargs["client_hash"]) == ("image/png", "ab" * 32)
+    assert "feedback" in message["headers"]["kwargsrepr"]
+    assert len(message["headers"]["kwargsrepr"]) < 100

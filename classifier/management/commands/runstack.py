@@ -10,6 +10,9 @@ doubling, at most 5 restarts a minute); meanwhile the web server keeps answering
 while no worker is alive. Past the limit, or when the web server dies, everything is stopped and
 the command exits non-zero saying why.
 
+Unless only workers are started, the database's migrations are applied first (SQLite's folder
+created when missing), so `make run` and the web container need no setup step.
+
 The processes and their command lines are digits_site.devstack's; this command supervises them.
 """
 
@@ -27,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError, connections
 
 from digits_site.devstack import (
     EmbeddedRedis,
@@ -130,6 +135,8 @@ class Command(BaseCommand):
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
 
+        if options["only"] != "worker":
+            self._migrate()
         env = os.environ.copy()
         with ExitStack() as cleanup:
             if not settings.REDIS_URL_FROM_ENV and options["only"] is None:
@@ -159,6 +166,24 @@ class Command(BaseCommand):
             failed = self._supervise(children, policy, stop, options)
         if failed:
             raise CommandError(failed)
+
+    def _migrate(self) -> None:
+        """Bring the database up to date before anything serves (the workers store corrections,
+        the admin reads them)."""
+        database = connections["default"].settings_dict
+        if database["ENGINE"] == "django.db.backends.sqlite3" and database["NAME"] != ":memory:":
+            Path(database["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            call_command("migrate", interactive=False, verbosity=0)
+        except DatabaseError as exc:
+            raise CommandError(
+                f"The database ({settings.DATABASE_URL.split('@')[-1]}) could not "
+                f"be migrated: {exc}"
+            ) from None
+        finally:
+            # The supervisor itself does not use the database again.
+            connections.close_all()
+        self.stdout.write(f"Database up to date ({database['ENGINE'].rsplit('.', 1)[-1]})")
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         # Output goes straight to our terminal. A session of its own, so that a Ctrl-C reaches

@@ -3,6 +3,9 @@
 // When to ask: while a stroke grows (throttled, at most a couple of requests in flight), at
 // once when it ends, on Predict/Enter, after Undo, and again after a reconnect if the answer
 // shown no longer matches the drawing.
+//
+// Feedback: once an answer describes the drawing on the pad, "Right" or "it was: 0…9" (or a
+// digit key) sends that drawing's image back with the true digit, once per drawing.
 
 import { DrawingPad } from "./drawing.js";
 import { PredictionClient, STATE, socketUrl } from "./predictions.js";
@@ -18,6 +21,16 @@ const MAX_LIVE_IN_FLIGHT = 2;
 const RETRY_BUSY_MS = 1_000;
 /** Below this the answer comes with the runner-up, so a person sees what the model hesitates on. */
 const UNSURE_BELOW = 0.6;
+/** How long "Saved, thank you" stays on screen. */
+const THANKS_MS = 2_500;
+
+const FEEDBACK_TEXT = {
+  saving: "Saving…",
+  saved: "Saved, thank you",
+  duplicate: "Already saved",
+  lost: "Not saved: no answer from the server. Try again.",
+  offline: "Not saved: not connected. Try again once the connection is back.",
+};
 
 const ERROR_TEXT = {
   empty: "Draw a digit first: the canvas is blank.",
@@ -52,7 +65,12 @@ const ui = {
   preview: $("preview"),
   model: $("model-version"),
   latency: $("latency"),
+  feedback: $("feedback"),
+  feedbackRight: $("feedback-right"),
+  feedbackDigits: [...document.querySelectorAll("#feedback [data-digit]")],
+  feedbackStatus: $("feedback-status"),
 };
+const feedbackButtons = [ui.feedbackRight, ...ui.feedbackDigits];
 
 const percent = (p) => `${(p * 100).toFixed(p >= 0.995 || p < 0.1 ? 0 : 1)}%`;
 
@@ -63,6 +81,13 @@ let shownVersion = 0;
 let liveTimer = 0;
 let retryTimer = 0;
 let askWhenConnected = false;
+/** The answer on screen and the drawing it describes: `{version, image, digit, model}`. */
+let answered = null;
+/** The id of the feedback in flight (one at a time), or null. */
+let feedbackInFlight = null;
+/** The pad version whose feedback was saved: one feedback per drawing. */
+let savedVersion = -1;
+let thanksTimer = 0;
 
 const pad = new DrawingPad(ui.canvas, { onChange: padChanged });
 const client = new PredictionClient(socketUrl(document.body.dataset.wsPath), {
@@ -70,6 +95,7 @@ const client = new PredictionClient(socketUrl(document.body.dataset.wsPath), {
   onAnswer: showAnswer,
   onError: showError,
   onSettle: requestSettled,
+  onFeedback: feedbackAnswered,
 });
 
 function padChanged(reason) {
@@ -97,12 +123,15 @@ function padChanged(reason) {
       showNothing();
       break;
   }
+  updateFeedback();
 }
 
 function send() {
   clearTimeout(liveTimer);
   liveTimer = 0;
-  client.predict(pad.toDataURL(EXPORT_SIZE), { version: pad.version });
+  // The image rides along in the context: feedback on the answer sends the very same one.
+  const image = pad.toDataURL(EXPORT_SIZE);
+  client.predict(image, { version: pad.version, image });
   sentVersion = pad.version;
   lastSentAt = performance.now();
   ui.answer.setAttribute("aria-busy", "true");
@@ -166,6 +195,13 @@ function showAnswer(answer, request) {
   ui.latency.textContent = `· answered in ${Math.round(performance.now() - request.sentAt)} ms`;
   ui.answer.dataset.requestId = String(request.id);
   shownVersion = request.context.version;
+  answered = {
+    version: request.context.version,
+    image: request.context.image,
+    digit: answer.digit,
+    model: answer.model || null,
+  };
+  updateFeedback();
   say("");
 }
 
@@ -197,6 +233,8 @@ function clearAnswer() {
   ui.preview.removeAttribute("src");
   ui.latency.textContent = "";
   delete ui.answer.dataset.requestId;
+  answered = null;
+  updateFeedback();
 }
 
 function showNothing() {
@@ -212,6 +250,51 @@ function showNothing() {
 function say(text) {
   ui.message.textContent = text;
   if (!text) delete ui.message.dataset.code;
+}
+
+/** The feedback row shows with an answer; its buttons work when that answer describes the
+ * drawing on the pad as it is now, no feedback is in flight, and none was saved for it. */
+function updateFeedback() {
+  ui.feedback.hidden = !answered;
+  if (!answered) sayFeedback("");
+  const current = answered !== null && answered.version === pad.version && !pad.isDrawing;
+  const open = current && feedbackInFlight === null && savedVersion !== pad.version;
+  for (const button of feedbackButtons) button.disabled = !open;
+}
+
+/** Say what the drawing really was ("Right" sends the digit the model read). */
+function sendFeedback(digit) {
+  if (ui.feedbackRight.disabled) return; // the buttons' rule holds for the keys too
+  const { image, version, digit: predicted, model } = answered;
+  const id = client.feedback({ image, digit, predicted, model }, { version });
+  if (id === null) {
+    sayFeedback(FEEDBACK_TEXT.offline, "error");
+    return;
+  }
+  feedbackInFlight = id;
+  sayFeedback(FEEDBACK_TEXT.saving, "saving");
+  updateFeedback();
+}
+
+function feedbackAnswered(message, request) {
+  if (request.id === feedbackInFlight) feedbackInFlight = null;
+  if (message?.type === "feedback_saved") {
+    savedVersion = request.context.version;
+    sayFeedback(FEEDBACK_TEXT[message.duplicate ? "duplicate" : "saved"], "saved");
+    thanksTimer = setTimeout(() => sayFeedback(""), THANKS_MS);
+  } else if (message) {
+    sayFeedback(message.message || `Not saved (${message.code}).`, "error", message.code);
+  } else {
+    sayFeedback(FEEDBACK_TEXT.lost, "error");
+  }
+  updateFeedback();
+}
+
+function sayFeedback(text, outcome = "", code = "") {
+  clearTimeout(thanksTimer);
+  ui.feedbackStatus.textContent = text;
+  ui.feedbackStatus.dataset.outcome = outcome;
+  ui.feedbackStatus.dataset.code = code;
 }
 
 function connectionChanged(state, { retryInMs } = {}) {
@@ -231,6 +314,10 @@ function connectionChanged(state, { retryInMs } = {}) {
 ui.predict.addEventListener("click", predictNow);
 ui.undo.addEventListener("click", () => pad.undo());
 ui.reset.addEventListener("click", () => pad.clear());
+ui.feedbackRight.addEventListener("click", () => sendFeedback(answered?.digit));
+for (const button of ui.feedbackDigits) {
+  button.addEventListener("click", () => sendFeedback(Number(button.dataset.digit)));
+}
 
 // Enter predicts, except on a control the person reached with the keyboard (Tab), where it
 // keeps its usual meaning. A button clicked with the mouse keeps focus too, but Enter pressed
@@ -256,8 +343,17 @@ document.addEventListener("keydown", (e) => {
     if (!e.repeat) predictNow();
   } else if (key === "escape") {
     pad.clear();
+  } else if (/^[0-9]$/.test(e.key) && !isTextField(e.target)) {
+    // A digit key says "it was this digit", as its button does. (No Shift check: some
+    // keyboard layouts need Shift for digits.)
+    e.preventDefault();
+    if (!e.repeat) sendFeedback(Number(e.key));
   }
 });
+
+function isTextField(target) {
+  return target instanceof Element && target.closest("input, textarea, select, [contenteditable]");
+}
 
 clearAnswer();
 padChanged("init");

@@ -1,6 +1,7 @@
 // The websocket client for /ws/predict/ (protocol in docs/protocol.md): keeps one socket open,
 // reconnecting by itself, numbers requests, and hands the page only answers that are newer
-// than the last one it handed over, so a slow answer never overwrites a fresh one.
+// than the last one it handed over, so a slow answer never overwrites a fresh one. Feedback
+// (what the drawing really was) travels on the same socket under ids of its own.
 
 /** Reconnect delays: doubling from BASE up to CAP, each with random jitter so many pages
  * do not hammer a restarted server in the same millisecond. */
@@ -11,6 +12,9 @@ const STABLE_AFTER_MS = 3_000;
 /** The server answers every request within its own deadline (a few seconds); this guard only
  * frees the slot of an answer lost to a server fault without a closed socket. */
 const ANSWER_GUARD_MS = 15_000;
+/** Feedback ids are this prefix and a number: they can never equal a predict id (a bare
+ * number), so the newest-answer-wins rule of predictions never sees them. */
+const FEEDBACK_ID_PREFIX = "f";
 
 export const STATE = Object.freeze({
   CONNECTING: "connecting",
@@ -38,19 +42,29 @@ export function backoffDelay(attempt, random = Math.random) {
  * - `onError(message, request)` for an `error` likewise (`request` is null when the server
  *   could not tie the error to a request);
  * - `onSettle(pending)` whenever a request stops being in flight (answered, stale, or lost
- *   with its socket), with the number still in flight.
- * `request` is `{id, sentAt, context}` with the context given to `predict`.
+ *   with its socket), with the number still in flight;
+ * - `onFeedback(message, request)` once for every feedback sent: the server's
+ *   `feedback_saved` or `error` frame, or null when no answer can come (the socket dropped, or
+ *   none came in time). Feedback answers are never dropped as stale: each one is news.
+ * `request` is `{id, sentAt, context}` with the context given to `predict` or `feedback`.
  */
 export class PredictionClient {
   constructor(
     url,
-    { onState = () => {}, onAnswer = () => {}, onError = () => {}, onSettle = () => {} } = {},
+    {
+      onState = () => {},
+      onAnswer = () => {},
+      onError = () => {},
+      onSettle = () => {},
+      onFeedback = () => {},
+    } = {},
   ) {
     this.url = url;
     this.onState = onState;
     this.onAnswer = onAnswer;
     this.onError = onError;
     this.onSettle = onSettle;
+    this.onFeedback = onFeedback;
     this.socket = null;
     this.state = null;
     this.attempt = 0;
@@ -61,6 +75,9 @@ export class PredictionClient {
     /** Answers with ids below this are dropped: everything sent before it is outdated. */
     this.acceptFrom = 1;
     this.inFlight = new Map();
+    this.nextFeedbackId = 1;
+    /** Feedback in flight, by its string id. */
+    this.feedbackInFlight = new Map();
 
     window.addEventListener("online", () => this.reconnectNow());
     document.addEventListener("visibilitychange", () => {
@@ -109,6 +126,21 @@ export class PredictionClient {
     return id;
   }
 
+  /**
+   * Say what a drawing really was: `image` is the data URL that was predicted, `digit` the
+   * true digit, `predicted` and `model` what the answer said (null when unknown). Returns the
+   * request id, or null when the socket is not open.
+   */
+  feedback({ image, digit, predicted = null, model = null }, context = null) {
+    if (!this.isOpen) return null;
+    const id = FEEDBACK_ID_PREFIX + this.nextFeedbackId++;
+    const request = { id, sentAt: performance.now(), context };
+    request.guard = setTimeout(() => this.#settleFeedback(id, null), ANSWER_GUARD_MS);
+    this.feedbackInFlight.set(id, request);
+    this.socket.send(JSON.stringify({ type: "feedback", id, image, digit, predicted, model }));
+    return id;
+  }
+
   /** Ignore every answer to what was sent so far (the drawing they describe is gone). */
   discardPending() {
     this.acceptFrom = this.nextId;
@@ -120,6 +152,10 @@ export class PredictionClient {
       message = JSON.parse(data);
     } catch {
       return; // Not ours to show: the protocol only sends JSON.
+    }
+    if (this.feedbackInFlight.has(message.id)) {
+      this.#settleFeedback(message.id, message);
+      return;
     }
     const id = Number(message.id);
     const request = this.inFlight.get(id) ?? null;
@@ -145,10 +181,20 @@ export class PredictionClient {
     this.onSettle(this.inFlight.size);
   }
 
+  #settleFeedback(id, message) {
+    const request = this.feedbackInFlight.get(id);
+    if (!request) return;
+    clearTimeout(request.guard);
+    this.feedbackInFlight.delete(id);
+    this.onFeedback(message, request);
+  }
+
   #dropped() {
     // Answers to requests on the old socket can never arrive: free their slots. The page
-    // asks again for the current drawing once the new socket is open.
+    // asks again for the current drawing once the new socket is open; feedback is not resent
+    // by itself (the person may have moved on), the page says it was not saved.
     for (const id of [...this.inFlight.keys()]) this.#settle(id);
+    for (const id of [...this.feedbackInFlight.keys()]) this.#settleFeedback(id, null);
     if (this.openedAt && performance.now() - this.openedAt > STABLE_AFTER_MS) this.attempt = 0;
     this.openedAt = 0;
     const retryInMs = backoffDelay(this.attempt++);
