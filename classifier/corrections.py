@@ -14,6 +14,7 @@ import base64
 import hashlib
 import io
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -228,3 +229,43 @@ def export(
         (folder / f"{pk}.png").write_bytes(png_bytes(bytes(pixels)))
         counts[label] += 1
     return counts
+
+
+@dataclass(frozen=True)
+class AcceptedCorrections:
+    """The accepted corrections as training data: ids and image hashes (for the manifest), the
+    28x28 images (uint8 N x 28 x 28) and their labels (int64 N), in id order."""
+
+    ids: list[int]
+    image_hashes: list[str]
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def accepted_arrays(*, using: str = "default") -> AcceptedCorrections:
+    """Every `accepted` correction as arrays; pending and rejected ones never train.
+
+    Duplicates cannot occur: the same 28x28 image is stored once (its hash is unique).
+    """
+    import numpy as np
+
+    ids: list[int] = []
+    hashes: list[str] = []
+    labels: list[int] = []
+    pixels = bytearray()
+    rows = (
+        Correction.objects.using(using)
+        .filter(status=Status.ACCEPTED)
+        .order_by("id")
+        .values_list("id", "image_hash", "label", "image28")
+    )
+    for pk, digest, label, image28 in rows.iterator(chunk_size=2000):
+        ids.append(pk)
+        hashes.append(digest)
+        labels.append(label)
+        pixels += bytes(image28)
+    images = np.frombuffer(bytes(pixels), dtype=np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    return AcceptedCorrections(ids, hashes, images.copy(), np.asarray(labels, dtype=np.int64))

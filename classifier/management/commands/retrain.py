@@ -1,0 +1,253 @@
+"""`python manage.py retrain`: fine-tune the served model on MNIST plus the accepted corrections,
+and promote the candidate only when it is measurably better (docs/feedback.md).
+
+A thin adapter: the corrections come from `classifier.corrections`, the training and the
+promotion rule from `classifier.ml.finetune`, the model store from `classifier.ml.modelstore`.
+Promotion writes the served weights path atomically, so running workers switch to the new model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DEFAULT_DB_ALIAS
+
+from classifier import corrections
+from classifier.ml import modelstore
+from classifier.ml.data import DataError, Split, load_mnist
+from classifier.ml.devices import DEVICE_CHOICES, resolve_device
+from classifier.ml.finetune import (
+    FinetuneConfig,
+    Progress,
+    Scores,
+    finetune,
+    gate,
+    is_held_out,
+)
+from classifier.ml.model import build_model
+from classifier.ml.training import evaluate_model
+from classifier.ml.weights import WeightsError, config_from_metadata, load_weights
+
+# The FinetuneConfig fields `retrain` offers as options (the rest keep their defaults).
+OPTIONS = ("epochs", "limit", "seed", "device", "lr", "batch_size", "correction_share", "threads")
+
+
+def _split(images, labels) -> Split:
+    return Split(torch.from_numpy(images), torch.from_numpy(labels))
+
+
+class Command(BaseCommand):
+    help = (
+        "Fine-tune the served model on MNIST plus the accepted corrections; promote the "
+        "candidate (write the served weights, keep both in the model store) only when it is no "
+        "worse on MNIST test than 0.1 points below the served model and better on the "
+        "held-out corrections."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        _add_config_options(parser)
+        parser.add_argument(
+            "--weights",
+            type=Path,
+            default=settings.DIGITS_WEIGHTS,
+            help=f"the served model, fine-tuned and, on promotion, replaced "
+            f"(default: DIGITS_WEIGHTS, now {settings.DIGITS_WEIGHTS})",
+        )
+        parser.add_argument(
+            "--data-dir",
+            type=Path,
+            default=settings.DIGITS_DATA_DIR,
+            help=f"where MNIST is, as <dir>/MNIST/raw/ "
+            f"(default: DIGITS_DATA_DIR, now {settings.DIGITS_DATA_DIR})",
+        )
+        parser.add_argument(
+            "--database",
+            default=DEFAULT_DB_ALIAS,
+            help="the database alias to read corrections from (default: default, which "
+            "DATABASE_URL names)",
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="train and compare, but never promote or write anything (default: off)",
+        )
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="print the outcome as one JSON object, the last line (default: off)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            config = FinetuneConfig(**{name: options[name] for name in OPTIONS})
+        except ValueError as exc:
+            option = str(exc).split(" ", 1)[0].replace("_", "-")
+            raise CommandError(f"--{option} {str(exc).split(' ', 1)[1]}") from exc
+        weights: Path = options["weights"]
+        try:
+            served_state, served_meta = load_weights(weights)
+        except WeightsError as exc:
+            raise CommandError(str(exc)) from exc
+        try:
+            data = load_mnist(options["data_dir"], download=False)
+        except DataError as exc:
+            raise CommandError(str(exc)) from exc
+
+        accepted = corrections.accepted_arrays(using=options["database"])
+        held = [is_held_out(h) for h in accepted.image_hashes]
+        train_idx = [i for i, h in enumerate(held) if not h]
+        held_idx = [i for i, h in enumerate(held) if h]
+        self.stdout.write(
+            f"{len(accepted)} accepted corrections: {len(train_idx)} to train on, "
+            f"{len(held_idx)} held out; served model {served_meta['version']}"
+        )
+        held_out = _split(accepted.images[held_idx], accepted.labels[held_idx])
+        extra = _split(accepted.images[train_idx], accepted.labels[train_idx])
+        model_config = config_from_metadata(served_meta)
+
+        candidate = None
+        result = None
+        if not held_idx:
+            # Nothing to judge a candidate by: neither train one nor score the served model
+            # (its recorded test accuracy stands).
+            served = Scores(mnist_test=served_meta.get("test_accuracy"), held_out=None)
+        else:
+            served_model = build_model(model_config)
+            served_model.load_state_dict(served_state)
+            served = self._scores(served_model, data.test, held_out, config.device)
+            self.stdout.write(f"served: {self._describe(served)}")
+            mnist_count = len(data.train.head(config.limit))
+            self.stdout.write(
+                f"fine-tuning on {mnist_count:,} MNIST images and {len(train_idx)} corrections "
+                f"({config.correction_share:.0%} of each batch), {config.epochs} epoch(s)"
+            )
+            try:
+                result = finetune(
+                    served_state, model_config, data.train, extra, config, self._progress
+                )
+            except ValueError as exc:  # e.g. --device cuda without a GPU
+                raise CommandError(str(exc)) from exc
+            candidate = self._scores(result.model, data.test, held_out, config.device)
+            self.stdout.write(f"candidate: {self._describe(candidate)}")
+        decision = gate(candidate, served, len(train_idx), len(held_idx))
+
+        model = served_meta["version"]
+        candidate_version = None
+        if result is not None and candidate is not None:
+            manifest = {
+                "train": {
+                    "ids": [accepted.ids[i] for i in train_idx],
+                    "image_hashes": [accepted.image_hashes[i] for i in train_idx],
+                },
+                "held_out": {
+                    "ids": [accepted.ids[i] for i in held_idx],
+                    "image_hashes": [accepted.image_hashes[i] for i in held_idx],
+                },
+            }
+            metadata = {
+                "architecture": served_meta["architecture"],
+                "model_args": model_config.as_dict(),
+                "parent": served_meta["version"],
+                "training": config.hyperparameters(),
+                "corrections": manifest,
+                "test_accuracy": candidate.mnist_test,
+                "held_out_accuracy": candidate.held_out,
+                "parent_scores": {
+                    "test_accuracy": served.mnist_test,
+                    "held_out_accuracy": served.held_out,
+                },
+                "train_images": len(data.train.head(config.limit)),
+                "train_seconds": round(result.seconds, 2),
+                "device": result.device,
+                "seed": config.seed,
+                "data_checksum": data.checksum,
+                "command": "python manage.py retrain " + shlex.join(sys.argv[2:]),
+            }
+            if decision.promote and not options["dry_run"]:
+                modelstore.keep(weights)  # the model it replaces, to go back to
+                stored = modelstore.add(weights, result.model.state_dict(), metadata)
+                modelstore.serve(weights, stored.version)
+                candidate_version = model = stored.version
+                self.stdout.write(self.style.SUCCESS(f"Promoted {model}: {decision.reason}"))
+        if not decision.promote:
+            self.stdout.write(f"Kept {model}: {decision.reason}")
+        elif options["dry_run"]:
+            self.stdout.write(f"Dry run: would promote ({decision.reason}); kept {model}")
+
+        if options["json"]:
+            outcome = {
+                "promoted": bool(decision.promote and not options["dry_run"]),
+                "reason": decision.reason,
+                "candidate": None
+                if candidate is None
+                else {
+                    "mnist_test": candidate.mnist_test,
+                    "held_out": candidate.held_out,
+                    "version": candidate_version,
+                },
+                "served": {
+                    "mnist_test": served.mnist_test,
+                    "held_out": served.held_out,
+                    "version": served_meta["version"],
+                },
+                "model": model,
+                "corrections": {"train": len(train_idx), "held_out": len(held_idx)},
+            }
+            self.stdout.write(json.dumps(outcome, sort_keys=True))
+
+    def _scores(self, model, test: Split, held_out: Split, device: str) -> Scores:
+        mnist = evaluate_model(model, test, resolve_device(device)).accuracy
+        held = (
+            evaluate_model(model, held_out, resolve_device(device)).accuracy
+            if len(held_out)
+            else None
+        )
+        model.to("cpu")
+        return Scores(mnist_test=mnist, held_out=held)
+
+    @staticmethod
+    def _describe(scores: Scores) -> str:
+        held = "none" if scores.held_out is None else f"{100 * scores.held_out:.2f}%"
+        return f"MNIST test {100 * scores.mnist_test:.2f}%, held-out corrections {held}"
+
+    def _progress(self, progress: Progress) -> None:
+        self.stdout.write(
+            f"step {progress.step}/{progress.steps} (epoch {progress.epoch}): "
+            f"loss {progress.loss:.4f}, {progress.seconds:.1f} s"
+        )
+
+
+def _add_config_options(parser: CommandParser) -> None:
+    """One option per name in OPTIONS, its help, type and default from FinetuneConfig's field
+    (DIGITS_DEVICE chooses the device's), so each default lives in one place."""
+    hints = typing.get_type_hints(FinetuneConfig)
+    fields = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
+    for name in OPTIONS:
+        field = fields[name]
+        kind = hints[name]
+        if isinstance(kind, types.UnionType):  # `int | None`: the type that is not None
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        default, shown = field.default, "none" if field.default is None else str(field.default)
+        extra = {}
+        if name == "device":
+            default = settings.DIGITS_DEVICE
+            shown = f"DIGITS_DEVICE, now {default!r}"
+            extra["choices"] = DEVICE_CHOICES
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=default,
+            metavar="N" if kind is int else None,
+            help=f"{field.metadata['help']} (default: {shown})",
+            **extra,
+        )

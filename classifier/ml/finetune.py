@@ -1,0 +1,273 @@
+"""Fine-tune a trained network on MNIST mixed with the users' corrections, and judge the result.
+
+A few thousand corrections beside 55,000 MNIST images would be a rounding error if they were
+simply appended, so every batch draws a fixed share of its images from the corrections (sampled
+with replacement) and the rest from MNIST: the corrections teach the styles MNIST lacks, MNIST
+keeps the network from forgetting what it knew. Both halves are augmented as in training. The
+run starts from the served weights, with AdamW at a thirtieth of the training rate on a short
+warm-up + cosine schedule, so the network moves, but not far.
+
+`gate` is the promotion rule, a pure function so its every case can be tested without a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from classifier.ml.augment import AugmentConfig, augment_batch
+from classifier.ml.data import Split
+from classifier.ml.devices import DEVICE_CHOICES, resolve_device
+from classifier.ml.model import ModelConfig, build_model, normalize
+from classifier.ml.training import _autocast, _option, _torch_settings, seed_everything
+
+# The share of the corrections held out to judge a candidate, chosen by a stable hash of each
+# image, so a correction stays on its side from one run to the next.
+HELD_OUT_PERCENT = 20
+# A candidate may lose at most this much MNIST test accuracy (0.1 points) to be promoted.
+MNIST_TOLERANCE = 0.001
+# Accuracies are ratios of counts; this absorbs float rounding in the comparisons.
+_EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything a fine-tuning run depends on, with its defaults in one place.
+
+    `manage.py retrain` makes an option of the ones a user changes. An epoch is one pass over
+    the MNIST training images (with `limit`, over the first `limit` of them); the corrections
+    ride along at `correction_share` of every batch.
+    """
+
+    epochs: int = _option(1, "passes over the MNIST training images")
+    batch_size: int = _option(128, "images per step, MNIST and corrections together")
+    correction_share: float = _option(0.25, "share of every batch drawn from the corrections")
+    lr: float = _option(1e-4, "peak learning rate (a thirtieth of training's 3e-3)")
+    warm_up: float = _option(0.1, "share of the steps warming up to the peak rate")
+    weight_decay: float = _option(5e-4, "AdamW weight decay")
+    seed: int = _option(1, "random seed; the same seed gives the same weights on the CPU")
+    device: str = _option("auto", "where to train; auto takes CUDA when present")
+    limit: int | None = _option(None, "train on the first N MNIST training images only")
+    threads: int | None = _option(None, "CPU threads for torch; none: torch's choice")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1.")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be at least 1.")
+        if self.lr <= 0:
+            raise ValueError("lr must be positive.")
+        if not 0.0 < self.correction_share < 1.0:
+            raise ValueError("correction_share must be between 0 and 1.")
+        if not 0.0 <= self.warm_up < 1.0:
+            raise ValueError("warm_up must be in [0, 1).")
+        if self.device not in DEVICE_CHOICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICE_CHOICES)}.")
+
+    def corrections_per_batch(self, have_corrections: bool) -> int:
+        if not have_corrections:
+            return 0
+        return min(self.batch_size - 1, max(1, round(self.batch_size * self.correction_share)))
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """What the candidate's metadata records of this run, enough to repeat and explain it."""
+        return {
+            **asdict(self),
+            "optimizer": "AdamW",
+            "schedule": {"name": "warm-up + cosine", "warm_up": self.warm_up},
+            "augmentation": asdict(AugmentConfig()),
+        }
+
+
+@dataclass
+class Progress:
+    step: int
+    steps: int
+    epoch: int
+    loss: float  # mean loss of the steps so far in this epoch
+    seconds: float  # since the run started
+
+
+@dataclass
+class FinetuneResult:
+    model: nn.Module  # on the CPU, in eval mode
+    config: FinetuneConfig
+    device: str
+    steps: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)  # mean loss of each epoch
+
+
+def is_held_out(image_hash: str) -> bool:
+    """Whether a correction (by the hash of its 28x28 image) is held out to judge candidates.
+
+    Stable across runs and machines: the same image is always on the same side, so a candidate
+    is never judged on a drawing that trained an earlier one.
+    """
+    digest = hashlib.sha256(f"digits-held-out:{image_hash}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 100 < HELD_OUT_PERCENT
+
+
+def finetune(
+    state_dict: dict[str, torch.Tensor],
+    model_config: ModelConfig,
+    mnist: Split,
+    extra: Split,
+    config: FinetuneConfig,
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_every: int = 50,
+) -> FinetuneResult:
+    """Train a copy of the network `state_dict` holds on `mnist` mixed with `extra`.
+
+    `extra` (uint8 N x 28 x 28 images and labels, possibly empty) fills `correction_share` of
+    every batch. `on_progress` is called every `progress_every` steps and after the last.
+    Deterministic on the CPU for a seed.
+    """
+    device = resolve_device(config.device)
+    with _torch_settings(threads=config.threads, deterministic=device.type == "cpu"):
+        return _run(
+            state_dict, model_config, mnist, extra, config, device, on_progress, progress_every
+        )
+
+
+def _schedule(step: int, steps: int, warm_up: float) -> float:
+    """The learning rate's factor at `step`: linear warm-up, then cosine down to zero."""
+    warm = max(1, round(steps * warm_up)) if warm_up > 0 else 0
+    if step < warm:
+        return (step + 1) / warm
+    rest = max(1, steps - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / rest))
+
+
+def _run(
+    state_dict: dict[str, torch.Tensor],
+    model_config: ModelConfig,
+    mnist: Split,
+    extra: Split,
+    config: FinetuneConfig,
+    device: torch.device,
+    on_progress: Callable[[Progress], None] | None,
+    progress_every: int,
+) -> FinetuneResult:
+    seed_everything(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    model = build_model(model_config)
+    model.load_state_dict(state_dict)
+    model.to(device, memory_format=torch.channels_last)
+
+    mnist = mnist.head(config.limit).to(device)
+    extra = extra.to(device)
+    per_batch = config.corrections_per_batch(len(extra) > 0)
+    mnist_per_batch = config.batch_size - per_batch
+    steps_per_epoch = math.ceil(len(mnist) / mnist_per_batch)
+    steps = steps_per_epoch * config.epochs
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _schedule(step, steps, config.warm_up)
+    )
+    augment = AugmentConfig()
+    result = FinetuneResult(model=model, config=config, device=str(device), steps=steps)
+    started = time.perf_counter()
+    step = 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = torch.randperm(len(mnist), generator=generator, device=device)
+        loss_sum = torch.zeros((), device=device)
+        for i in range(steps_per_epoch):
+            index = order[i * mnist_per_batch : (i + 1) * mnist_per_batch]
+            images, labels = mnist.images[index], mnist.labels[index]
+            if per_batch:
+                pick = torch.randint(len(extra), (per_batch,), generator=generator, device=device)
+                images = torch.cat([images, extra.images[pick]])
+                labels = torch.cat([labels, extra.labels[pick]])
+            x = augment_batch(images, generator, augment, labels)
+            x = normalize(x).contiguous(memory_format=torch.channels_last)
+            with _autocast(device):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.detach()
+            step += 1
+            if on_progress and (step % progress_every == 0 or step == steps):
+                on_progress(
+                    Progress(
+                        step=step,
+                        steps=steps,
+                        epoch=epoch,
+                        loss=float(loss_sum) / (i + 1),
+                        seconds=time.perf_counter() - started,
+                    )
+                )
+        result.losses.append(float(loss_sum) / steps_per_epoch)
+    result.seconds = time.perf_counter() - started
+    result.model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    return result
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A model's accuracy on the MNIST test set and on the held-out corrections (None: none)."""
+
+    mnist_test: float
+    held_out: float | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+
+
+def gate(
+    candidate: Scores | None, served: Scores, train_count: int, held_out_count: int
+) -> Decision:
+    """Promote only a candidate no worse on MNIST test than `MNIST_TOLERANCE` below the served
+    model, and strictly better on the held-out corrections; say why in every case. `candidate`
+    is None when there was nothing to judge it by, so none was trained."""
+    if train_count + held_out_count == 0:
+        return Decision(
+            False,
+            "no accepted corrections: nothing to learn from (accept some with "
+            "`manage.py feedback accept`)",
+        )
+    if held_out_count == 0 or candidate is None or candidate.held_out is None:
+        return Decision(
+            False,
+            "no held-out corrections to judge a candidate by: accept more corrections "
+            "(a fixed fifth of them is held out)",
+        )
+    floor = served.mnist_test - MNIST_TOLERANCE
+    if candidate.mnist_test + _EPSILON < floor:
+        return Decision(
+            False,
+            f"MNIST test accuracy would fall from {100 * served.mnist_test:.2f}% to "
+            f"{100 * candidate.mnist_test:.2f}%, more than {100 * MNIST_TOLERANCE:.1f} points",
+        )
+    assert served.held_out is not None
+    if candidate.held_out <= served.held_out + _EPSILON:
+        return Decision(
+            False,
+            f"not better on the {held_out_count} held-out corrections "
+            f"({100 * candidate.held_out:.2f}% against the served model's "
+            f"{100 * served.held_out:.2f}%)",
+        )
+    return Decision(
+        True,
+        f"better on the {held_out_count} held-out corrections "
+        f"({100 * served.held_out:.2f}% to {100 * candidate.held_out:.2f}%), MNIST test "
+        f"{100 * served.mnist_test:.2f}% to {100 * candidate.mnist_test:.2f}%",
+    )
