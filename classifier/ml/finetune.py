@@ -27,7 +27,13 @@ from classifier.ml.augment import AugmentConfig, augment_batch
 from classifier.ml.data import Split
 from classifier.ml.devices import DEVICE_CHOICES, resolve_device
 from classifier.ml.model import ModelConfig, build_model, normalize
-from classifier.ml.training import _autocast, _option, _torch_settings, seed_everything
+from classifier.ml.training import (
+    _autocast,
+    _option,
+    _torch_settings,
+    check_run_options,
+    seed_everything,
+)
 
 # The share of the corrections held out to judge a candidate, chosen by a stable hash of each
 # image, so a correction stays on its side from one run to the next.
@@ -59,13 +65,7 @@ class FinetuneConfig:
     threads: int | None = _option(None, "CPU threads for torch; none: torch's choice")
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1.")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError("limit must be at least 1.")
-        if self.lr <= 0:
-            raise ValueError("lr must be positive.")
+        check_run_options(self)
         if not 0.0 < self.correction_share < 1.0:
             raise ValueError("correction_share must be between 0 and 1.")
         if not 0.0 <= self.warm_up < 1.0:

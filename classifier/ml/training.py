@@ -49,6 +49,20 @@ def _option(default: Any, help: str, **argparse: Any) -> Any:
     return field(default=default, metadata={"help": help, **argparse})
 
 
+def check_run_options(config: Any) -> None:
+    """The checks every training run's config shares (TrainConfig, FinetuneConfig): ValueError
+    naming the field, which `manage.py` commands turn into the option's error."""
+    for name in ("epochs", "batch_size"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1.")
+    if config.limit is not None and config.limit < 1:
+        raise ValueError("limit must be at least 1.")
+    if config.lr <= 0:
+        raise ValueError("lr must be positive.")
+    if config.threads is not None and config.threads < 1:
+        raise ValueError("threads must be at least 1.")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on, with its defaults in one place.
@@ -80,17 +94,9 @@ class TrainConfig:
     threads: int | None = _option(None, "CPU threads for torch; none: torch's choice")
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1.")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError("limit must be at least 1.")
-        if self.lr <= 0:
-            raise ValueError("lr must be positive.")
+        check_run_options(self)
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("label_smoothing must be in [0, 1).")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError("threads must be at least 1.")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}.")
 
