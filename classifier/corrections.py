@@ -248,7 +248,9 @@ class AcceptedCorrections:
 def accepted_arrays(*, using: str = "default") -> AcceptedCorrections:
     """Every `accepted` correction as arrays; pending and rejected ones never train.
 
-    Duplicates cannot occur: the same 28x28 image is stored once (its hash is unique).
+    Duplicates cannot occur: the same 28x28 image is stored once (its hash is unique). Ordered
+    by that hash, not by arrival: the same accepted corrections always come in the same order,
+    so the same run of `retrain` trains the same candidate however the writers' frames raced.
     """
     import numpy as np
 
@@ -259,7 +261,7 @@ def accepted_arrays(*, using: str = "default") -> AcceptedCorrections:
     rows = (
         Correction.objects.using(using)
         .filter(status=Status.ACCEPTED)
-        .order_by("id")
+        .order_by("image_hash")
         .values_list("id", "image_hash", "label", "image28")
     )
     for pk, digest, label, image28 in rows.iterator(chunk_size=2000):

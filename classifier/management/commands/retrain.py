@@ -39,7 +39,18 @@ from classifier.ml.training import evaluate_model
 from classifier.ml.weights import WeightsError, config_from_metadata, load_weights
 
 # The FinetuneConfig fields `retrain` offers as options (the rest keep their defaults).
-OPTIONS = ("epochs", "limit", "seed", "device", "lr", "batch_size", "correction_share", "threads")
+OPTIONS = (
+    "epochs",
+    "limit",
+    "seed",
+    "device",
+    "lr",
+    "batch_size",
+    "correction_share",
+    "distill",
+    "blend",
+    "threads",
+)
 
 
 def _split(images, labels) -> Split:
