@@ -90,14 +90,16 @@ def main() -> int:
     print()
     print(
         "| model | score | AUROC | FPR at 95% TPR | MNIST test rejected | drawn digits rejected "
-        "| non-digits rejected |"
+        "| non-digits rejected | MNIST right and kept | drawn right and kept |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['model']} | {row['method']} | {row['auroc']:.4f} "
             f"| {100 * row['fpr_at_95_tpr']:.1f}% | {100 * row['mnist_rejected']:.2f}% "
-            f"| {100 * row['drawn_rejected']:.2f}% | {100 * row['outliers_rejected']:.1f}% |"
+            f"| {100 * row['drawn_rejected']:.2f}% | {100 * row['outliers_rejected']:.1f}% "
+            f"| {100 * row['mnist_answered_right']:.2f}% "
+            f"| {100 * row['drawn_answered_right']:.2f}% |"
         )
     families = list(rows[0]["families_rejected"])
     print()

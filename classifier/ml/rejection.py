@@ -190,6 +190,7 @@ class EvaluationSets:
     """Held-out digits and outliers, as the model sees them, for `rejection_report`."""
 
     mnist: np.ndarray  # uint8 (N, 28, 28): MNIST test digits
+    mnist_labels: np.ndarray
     drawn: np.ndarray  # the same kind of digits drawn with the canvas brush ("eval" split)
     drawn_labels: np.ndarray
     outliers: np.ndarray  # generated non-digits of the "eval" split
@@ -210,7 +211,7 @@ def evaluation_sets(
     )
     families = families_for("eval")
     outliers, names = make_outliers(outliers_per_family * len(families), "eval", seed)
-    return EvaluationSets(test.images.numpy(), drawn, labels, outliers, names)
+    return EvaluationSets(test.images.numpy(), test.labels.numpy(), drawn, labels, outliers, names)
 
 
 def rejection_report(
@@ -222,17 +223,27 @@ def rejection_report(
     the maximum softmax probability is what AUROC measures."""
     used = rejection or Rejection(score="msp", threshold=0.0)
 
-    def scores(images: np.ndarray) -> np.ndarray:
-        return used.scores(logits_of(model, images)).numpy()
-
-    mnist, drawn, outliers = scores(sets.mnist), scores(sets.drawn), scores(sets.outliers)
     threshold = used.threshold if rejection else -math.inf
+    answered = {}
+    for name, images, labels in (
+        ("mnist", sets.mnist, sets.mnist_labels),
+        ("drawn", sets.drawn, sets.drawn_labels),
+    ):
+        logits = logits_of(model, images)
+        accepted = used.scores(logits).numpy() >= threshold
+        right = logits.argmax(dim=1).numpy() == labels
+        # Right means read right and not rejected: what a person drawing that digit gets.
+        answered[name] = (used.scores(logits).numpy(), float((right & accepted).mean()))
+    (mnist, mnist_right), (drawn, drawn_right) = answered["mnist"], answered["drawn"]
+    outliers = used.scores(logits_of(model, sets.outliers)).numpy()
     digits = np.concatenate([mnist, drawn])
     names = np.asarray(sets.families)
     return {
         "rejection": rejection.as_dict() if rejection else None,
         "mnist_rejected": float((mnist < threshold).mean()),
         "drawn_rejected": float((drawn < threshold).mean()),
+        "mnist_answered_right": mnist_right,
+        "drawn_answered_right": drawn_right,
         "outliers_rejected": float((outliers < threshold).mean()),
         "families_rejected": {
             family: float((outliers[names == family] < threshold).mean())
