@@ -117,6 +117,11 @@ class TrainConfig:
     drawn_pool: int = _option(
         6_000, "training digits redrawn with the canvas brush once before training"
     )
+    freeze_norm: bool = _option(
+        False,
+        "keep the batch-norm statistics of --init-weights fixed (fine-tuning: the non-digits "
+        "in each batch must not shift what the network expects of digits)",
+    )
     score: str = _option(
         DEFAULT_SCORE,
         "score of the logits that tells digits from non-digits; its threshold is chosen on the "
@@ -372,6 +377,10 @@ def _fit(
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         model.train()
+        if config.freeze_norm:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         epoch_start = time.perf_counter()
         order = torch.randperm(len(train_split), generator=generator, device=device)
         loss_sum = torch.zeros((), device=device)

@@ -121,3 +121,20 @@ def test_init_weights_of_another_architecture_are_refused(small):
     config = TrainConfig(epochs=1, limit=256, init_weights=str(SHIPPED_WEIGHTS), device="cpu")
     with pytest.raises(ValueError, match="architecture"):
         train(config, small, progress=False)
+
+
+def test_freeze_norm_keeps_the_batch_norm_statistics_of_the_start(small, tmp_path):
+    start = tmp_path / "start.safetensors"
+    torch.manual_seed(0)
+    save_weights(build_model(FAST_ARCHITECTURE), start, {"architecture": FAST_ARCHITECTURE})
+
+    def statistics(model) -> list[torch.Tensor]:
+        return [t.clone() for n, t in model.state_dict().items() if "running_" in n]
+
+    initial = statistics(build_model(FAST_ARCHITECTURE))
+    for freeze, same in ((True, True), (False, False)):
+        config = TrainConfig(
+            epochs=1, limit=1024, device="cpu", init_weights=str(start), freeze_norm=freeze
+        )
+        tuned = statistics(train(config, small, progress=False).model)
+        assert all(torch.equal(a, b) for a, b in zip(initial, tuned, strict=True)) == same
