@@ -10,6 +10,8 @@ import torch
 
 from classifier.ml.model import ARCHITECTURE, build_model, normalize
 from classifier.ml.rejection import (
+    DRAWN_MAX_REJECTED,
+    MNIST_MAX_REJECTED,
     Rejection,
     auroc,
     choose_threshold,
@@ -64,7 +66,7 @@ def test_choose_threshold_holds_both_limits() -> None:
     mnist = rng.integers(0, 256, (400, 28, 28), dtype=np.uint8)
     drawn = rng.integers(0, 256, (300, 28, 28), dtype=np.uint8)
     rejection = choose_threshold(model, mnist, drawn, score="energy")
-    for images, limit in ((mnist, 0.005), (drawn, 0.01)):
+    for images, limit in ((mnist, MNIST_MAX_REJECTED), (drawn, DRAWN_MAX_REJECTED)):
         with torch.inference_mode():
             scores = rejection.scores(model(normalize(images)))
         assert float((scores < rejection.threshold).float().mean()) <= limit
