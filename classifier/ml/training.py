@@ -117,6 +117,11 @@ class TrainConfig:
     drawn_pool: int = _option(
         6_000, "training digits redrawn with the canvas brush once before training"
     )
+    distill_weight: float = _option(
+        0.0,
+        "weight of the KL divergence from the --init-weights model's probabilities on the "
+        "digits of each batch: fine-tuning keeps what it knew of digits",
+    )
     freeze_norm: bool = _option(
         False,
         "keep the batch-norm statistics of --init-weights fixed (fine-tuning: the non-digits "
@@ -133,6 +138,8 @@ class TrainConfig:
         check_run_options(self)
         if self.outlier_weight < 0:
             raise ValueError("outlier_weight must not be negative.")
+        if self.distill_weight < 0:
+            raise ValueError("distill_weight must not be negative.")
         for name in ("outliers_per_batch", "outlier_pool", "drawn_per_batch", "drawn_pool"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative.")
@@ -356,6 +363,8 @@ def _fit(
         _load_initial(model, config)
     model = model.to(device, memory_format=torch.channels_last)
     exposure = _exposure_pools(config, train_split, device) if config.outlier_weight > 0 else None
+    # The starting model, frozen: what it says of the digits the run keeps teaching.
+    teacher = copy.deepcopy(model).eval() if config.init_weights and config.distill_weight else None
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -415,6 +424,15 @@ def _fit(
                 if outliers is not None:
                     loss = loss + config.outlier_weight * uniform_cross_entropy(
                         all_logits[labels.shape[0] :]
+                    )
+                if teacher is not None:
+                    with torch.no_grad():
+                        taught = teacher(x[: labels.shape[0]]).float()
+                    loss = loss + config.distill_weight * F.kl_div(
+                        torch.log_softmax(logits.float(), dim=1),
+                        torch.log_softmax(taught, dim=1),
+                        log_target=True,
+                        reduction="batchmean",
                     )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -112,7 +112,12 @@ def test_outlier_exposure_teaches_a_model_to_doubt_non_digits(small, tmp_path):
 
 
 def test_outlier_options_are_checked():
-    for bad in ({"outlier_weight": -0.1}, {"outliers_per_batch": -1}, {"score": "entropy"}):
+    for bad in (
+        {"outlier_weight": -0.1},
+        {"outliers_per_batch": -1},
+        {"distill_weight": -1.0},
+        {"score": "entropy"},
+    ):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
 
