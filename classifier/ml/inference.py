@@ -22,7 +22,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from classifier.ml.devices import resolve_device
 from classifier.ml.input import IMAGE_SIZE
 from classifier.ml.model import build_model, normalize
-from classifier.ml.rejection import Rejection, score_logits
+from classifier.ml.rejection import Rejection
 from classifier.ml.weights import (
     WeightsError,
     config_from_metadata,
@@ -174,12 +174,15 @@ class Predictor:
             batch = normalize(x.to(self.device)).contiguous(memory_format=torch.channels_last)
             logits = loaded.model(batch).float()
             probabilities = torch.softmax(logits, dim=1)
-            if loaded.rejection is None:
-                scores = score_logits(logits, "msp")
+            rejection = loaded.rejection
+            if rejection is None or (rejection.score == "msp" and rejection.temperature == 1.0):
+                scores = probabilities.amax(dim=1)  # the score at hand: no second softmax
+            else:
+                scores = rejection.scores(logits)
+            if rejection is None:
                 is_digit = torch.ones_like(scores, dtype=torch.bool)
             else:
-                scores = loaded.rejection.scores(logits)
-                is_digit = scores >= loaded.rejection.threshold
+                is_digit = scores >= rejection.threshold
         return Scored(
             probabilities=probabilities.cpu().numpy().astype(np.float32, copy=False),
             scores=scores.cpu().numpy().astype(np.float32, copy=False),

@@ -175,7 +175,7 @@ def test_prediction_frame_reads_digit_and_confidence_off_the_probabilities() -> 
 def test_a_prediction_that_is_no_digit_has_a_null_digit_and_keeps_the_rest() -> None:
     probs = [0.05] * 10
     probs[7] = 0.55
-    built = protocol.prediction("r1", probs, "v1", "data:image/png;base64,AA==", {}, False)
+    built = protocol.prediction("r1", probs, "v1", "data:image/png;base64,AA==", {}, is_digit=False)
     assert built["is_digit"] is False and built["digit"] is None
     assert built["confidence"] == pytest.approx(0.55)
     assert built["preview"] == "data:image/png;base64,AA=="
