@@ -238,7 +238,8 @@ async def _play(
             )
             predicted, model = None, None
             if answer and answer["type"] == protocol.PREDICTION:
-                predicted, model = int(answer["digit"]), str(answer["model"])
+                # No digit (None) when the model's score says it is not one: a miss.
+                predicted, model = answer["digit"], str(answer["model"])
                 tally.scored += 1
                 tally.correct += predicted == drawing.digit
                 tally.models[model] += 1

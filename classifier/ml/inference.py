@@ -22,9 +22,15 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from classifier.ml.devices import resolve_device
 from classifier.ml.input import IMAGE_SIZE
 from classifier.ml.model import build_model, normalize
-from classifier.ml.weights import WeightsError, config_from_metadata, load_weights
+from classifier.ml.rejection import Rejection
+from classifier.ml.weights import (
+    WeightsError,
+    config_from_metadata,
+    load_weights,
+    rejection_from_metadata,
+)
 
-__all__ = ["Predictor", "WeightsError", "resolve_device"]
+__all__ = ["Predictor", "Scored", "WeightsError", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +84,18 @@ class _Loaded:
     version: str
     metadata: dict
     identity: tuple[int, int, int, int]
+    rejection: Rejection | None  # None: weights from before rejection, everything is a digit
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What one model call says of a batch: probabilities (N, 10), the digit-likeness score of
+    each image (N,), whether it is a digit (N,), and the version of the model."""
+
+    probabilities: np.ndarray
+    scores: np.ndarray
+    is_digit: np.ndarray
+    version: str
 
 
 class Predictor:
@@ -110,7 +128,13 @@ class Predictor:
         model.load_state_dict(state_dict)
         model = optimise_for_inference(model, device)
         version = str(metadata.get("version") or f"{metadata['architecture']}-unversioned")
-        return _Loaded(model=model, version=version, metadata=metadata, identity=identity)
+        return _Loaded(
+            model=model,
+            version=version,
+            metadata=metadata,
+            identity=identity,
+            rejection=rejection_from_metadata(metadata),
+        )
 
     @property
     def version(self) -> str:
@@ -125,8 +149,14 @@ class Predictor:
         """The model now serving (in eval mode, on `device`)."""
         return self._loaded.model
 
-    def predict_with_version(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, str]:
-        """Probabilities (N, 10) for uint8 images (N, 28, 28), and the version that made them."""
+    @property
+    def rejection(self) -> Rejection | None:
+        """How the serving model tells non-digits apart; None: it does not."""
+        return self._loaded.rejection
+
+    def predict_scored(self, images: np.ndarray | torch.Tensor) -> Scored:
+        """Probabilities, scores and `is_digit` for uint8 images (N, 28, 28), all from one
+        forward pass, with the version of the model that made them."""
         loaded = self._loaded  # one read: a concurrent swap cannot mix two models in one batch
         x = torch.as_tensor(images)
         if x.dim() == 2:
@@ -136,12 +166,34 @@ class Predictor:
                 f"Expected images of shape (N, {IMAGE_SIZE}, {IMAGE_SIZE}), got {tuple(x.shape)}."
             )
         if x.shape[0] == 0:
-            return np.zeros((0, 10), dtype=np.float32), loaded.version
+            empty = np.zeros(0, dtype=np.float32)
+            return Scored(
+                np.zeros((0, 10), dtype=np.float32), empty, empty.astype(bool), loaded.version
+            )
         with torch.inference_mode():
             batch = normalize(x.to(self.device)).contiguous(memory_format=torch.channels_last)
-            logits = loaded.model(batch)
-            probabilities = torch.softmax(logits.float(), dim=1)
-        return probabilities.cpu().numpy().astype(np.float32, copy=False), loaded.version
+            logits = loaded.model(batch).float()
+            probabilities = torch.softmax(logits, dim=1)
+            rejection = loaded.rejection
+            if rejection is None or (rejection.score == "msp" and rejection.temperature == 1.0):
+                scores = probabilities.amax(dim=1)  # the score at hand: no second softmax
+            else:
+                scores = rejection.scores(logits)
+            if rejection is None:
+                is_digit = torch.ones_like(scores, dtype=torch.bool)
+            else:
+                is_digit = scores >= rejection.threshold
+        return Scored(
+            probabilities=probabilities.cpu().numpy().astype(np.float32, copy=False),
+            scores=scores.cpu().numpy().astype(np.float32, copy=False),
+            is_digit=is_digit.cpu().numpy(),
+            version=loaded.version,
+        )
+
+    def predict_with_version(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, str]:
+        """Probabilities (N, 10) for uint8 images (N, 28, 28), and the version that made them."""
+        scored = self.predict_scored(images)
+        return scored.probabilities, scored.version
 
     def predict_proba(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """Probabilities (N, 10), float32, for uint8 images (N, 28, 28) from `to_mnist`."""

@@ -31,8 +31,12 @@ from classifier.ml.model import (
     FAST_ARCHITECTURE,
     NUM_CLASSES,
     build_model,
+    model_config,
     normalize,
 )
+from classifier.ml.outliers import drawn_digits, make_outliers
+from classifier.ml.rejection import DEFAULT_SCORE, SCORES
+from classifier.ml.weights import config_from_metadata, load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,9 @@ EVAL_BATCH_SIZE = 1000
 ONE_CYCLE_WARM_UP = 0.25
 ONE_CYCLE_DIV = 20.0
 ONE_CYCLE_FINAL_DIV = 200.0
+# Outlier exposure draws its pools on a half-size canvas: four times fewer pixels to paint, and
+# preprocessing scales every drawing to 20 px anyway.
+POOL_CANVAS_SIZE = 192
 
 
 def _option(default: Any, help: str, **argparse: Any) -> Any:
@@ -92,11 +99,54 @@ class TrainConfig:
         choices=sorted(ARCHITECTURES),
     )
     threads: int | None = _option(None, "CPU threads for torch; none: torch's choice")
+    init_weights: str | None = _option(
+        None,
+        "start from these weights (same architecture) instead of a fresh network",
+        metavar="PATH",
+    )
+    outlier_weight: float = _option(
+        0.0,
+        "weight of the outlier-exposure loss (cross-entropy of generated non-digits to uniform "
+        "probabilities); 0: no outliers",
+    )
+    outliers_per_batch: int = _option(64, "generated non-digits added to each batch")
+    outlier_pool: int = _option(12_000, "generated non-digits drawn once before training")
+    drawn_per_batch: int = _option(
+        32, "canvas-style digits added to each batch when training with outliers"
+    )
+    drawn_pool: int = _option(
+        6_000, "training digits redrawn with the canvas brush once before training"
+    )
+    distill_weight: float = _option(
+        0.0,
+        "weight of the KL divergence from the --init-weights model's probabilities on the "
+        "digits of each batch: fine-tuning keeps what it knew of digits",
+    )
+    freeze_norm: bool = _option(
+        False,
+        "keep the batch-norm statistics of --init-weights fixed (fine-tuning: the non-digits "
+        "in each batch must not shift what the network expects of digits)",
+    )
+    score: str = _option(
+        DEFAULT_SCORE,
+        "score of the logits that tells digits from non-digits; its threshold is chosen on the "
+        "validation digits",
+        choices=SCORES,
+    )
 
     def __post_init__(self) -> None:
         check_run_options(self)
+        if self.outlier_weight < 0:
+            raise ValueError("outlier_weight must not be negative.")
+        if self.distill_weight < 0:
+            raise ValueError("distill_weight must not be negative.")
+        for name in ("outliers_per_batch", "outlier_pool", "drawn_per_batch", "drawn_pool"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative.")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("label_smoothing must be in [0, 1).")
+        if self.score not in SCORES:
+            raise ValueError(f"unknown score {self.score!r}.")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}.")
 
@@ -225,6 +275,77 @@ def _torch_settings(threads: int | None, deterministic: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous_deterministic)
 
 
+def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy from uniform probabilities to the model's: the outlier-exposure loss
+    (Hendrycks et al., 2019), lowest when a non-digit gets 1/10 for every digit."""
+    return -torch.log_softmax(logits.float(), dim=1).mean(dim=1).mean()
+
+
+def _load_initial(model: nn.Module, config: TrainConfig) -> None:
+    """Start from saved weights; they must be of the architecture being trained."""
+    state_dict, metadata = load_weights(config.init_weights)
+    if config_from_metadata(metadata) != model_config(config.architecture):
+        raise ValueError(
+            f"init_weights {config.init_weights} are not of architecture {config.architecture}."
+        )
+    model.load_state_dict(state_dict)
+
+
+@dataclass(frozen=True)
+class _Exposure:
+    """The pools outlier exposure samples each batch from, on the training device."""
+
+    outliers: torch.Tensor  # uint8 (P, 28, 28): generated non-digits of the "train" split
+    drawn: torch.Tensor  # uint8 (Q, 28, 28): training digits redrawn with the canvas brush
+    drawn_labels: torch.Tensor
+
+    def batch(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        config: TrainConfig,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The batch's digits with drawn ones added, and the outliers that go with them."""
+        device = images.device
+        if len(self.drawn) and config.drawn_per_batch:
+            pick = torch.randint(
+                len(self.drawn), (config.drawn_per_batch,), generator=generator, device=device
+            )
+            images = torch.cat([images, self.drawn[pick]])
+            labels = torch.cat([labels, self.drawn_labels[pick]])
+        if not len(self.outliers) or not config.outliers_per_batch:
+            return images, labels, None
+        pick = torch.randint(
+            len(self.outliers), (config.outliers_per_batch,), generator=generator, device=device
+        )
+        return images, labels, self.outliers[pick]
+
+
+def _exposure_pools(config: TrainConfig, train_split: Split, device: torch.device) -> _Exposure:
+    started = time.perf_counter()
+    outliers, _ = make_outliers(config.outlier_pool, "train", config.seed, size=POOL_CANVAS_SIZE)
+    count = min(config.drawn_pool, len(train_split))
+    drawn, drawn_labels = drawn_digits(
+        train_split.images[:count].cpu().numpy(),
+        train_split.labels[:count].cpu().numpy(),
+        "train",
+        config.seed,
+        size=POOL_CANVAS_SIZE,
+    )
+    logger.info(
+        "Outlier exposure: %d non-digits and %d drawn digits made in %.0f s",
+        len(outliers),
+        len(drawn),
+        time.perf_counter() - started,
+    )
+    return _Exposure(
+        outliers=torch.from_numpy(outliers).to(device),
+        drawn=torch.from_numpy(drawn).to(device),
+        drawn_labels=torch.from_numpy(drawn_labels).to(device),
+    )
+
+
 def _fit(
     config: TrainConfig,
     data: MnistData,
@@ -237,7 +358,13 @@ def _fit(
 
     train_split = data.train.head(config.limit).to(device)
     validation = data.validation.to(device)
-    model = build_model(config.architecture).to(device, memory_format=torch.channels_last)
+    model = build_model(config.architecture)
+    if config.init_weights:
+        _load_initial(model, config)
+    model = model.to(device, memory_format=torch.channels_last)
+    exposure = _exposure_pools(config, train_split, device) if config.outlier_weight > 0 else None
+    # The starting model, frozen: what it says of the digits the run keeps teaching.
+    teacher = copy.deepcopy(model).eval() if config.init_weights and config.distill_weight else None
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -259,6 +386,10 @@ def _fit(
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         model.train()
+        if config.freeze_norm:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         epoch_start = time.perf_counter()
         order = torch.randperm(len(train_split), generator=generator, device=device)
         loss_sum = torch.zeros((), device=device)
@@ -276,13 +407,33 @@ def _fit(
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
             images = train_split.images[index]
             labels = train_split.labels[index]
+            outliers = None
+            if exposure is not None:
+                images, labels, outliers = exposure.batch(images, labels, config, generator)
             x = augment_batch(images, generator, augment, labels) if config.augment else images
+            if outliers is not None:
+                extra = augment_batch(outliers, generator, augment) if config.augment else outliers
+                x = torch.cat([x, extra])
             x = normalize(x).contiguous(memory_format=torch.channels_last)
             with _autocast(device):
-                logits = model(x)
+                all_logits = model(x)
+                logits = all_logits[: labels.shape[0]]
                 loss = F.cross_entropy(
                     logits.float(), labels, label_smoothing=config.label_smoothing
                 )
+                if outliers is not None:
+                    loss = loss + config.outlier_weight * uniform_cross_entropy(
+                        all_logits[labels.shape[0] :]
+                    )
+                if teacher is not None:
+                    with torch.no_grad():
+                        taught = teacher(x[: labels.shape[0]]).float()
+                    loss = loss + config.distill_weight * F.kl_div(
+                        torch.log_softmax(logits.float(), dim=1),
+                        torch.log_softmax(taught, dim=1),
+                        log_target=True,
+                        reduction="batchmean",
+                    )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -24,6 +24,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from classifier.ml.model import ARCHITECTURES, ModelConfig, build_model, model_config
+from classifier.ml.rejection import Rejection
 
 # Marks a file as written by this project, and the layout of its metadata.
 WEIGHTS_FORMAT = "digits-weights/1"
@@ -86,6 +87,14 @@ def config_from_metadata(metadata: dict) -> ModelConfig:
             raise ValueError(f"bad model arguments {metadata['model_args']!r}")
         return ModelConfig.from_dict(metadata["model_args"])
     return model_config(metadata.get("architecture"))
+
+
+def rejection_from_metadata(metadata: dict) -> Rejection | None:
+    """How the weights tell non-digits apart (`classifier.ml.rejection`), or None for files
+    written before they could: everything is then a digit. ValueError when unusable."""
+    if metadata.get("rejection") is None:
+        return None
+    return Rejection.from_dict(metadata["rejection"])
 
 
 def _state_dict(model: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -195,6 +204,10 @@ def load_weights(path: Path | str) -> tuple[dict[str, torch.Tensor], dict]:
             f"Digits does not know (known: {', '.join(sorted(ARCHITECTURES))})."
         ) from exc
     metadata = {**metadata, "model_args": config.as_dict()}
+    try:
+        rejection_from_metadata(metadata)
+    except ValueError as exc:
+        raise WeightsError(f"Weights file {path} has unusable rejection settings: {exc}.") from exc
     try:
         state_dict = load_safetensors(data)
     except Exception as exc:  # safetensors raises its own error type for every defect

@@ -116,9 +116,7 @@ def answer_batch(
     metrics.BATCH_SIZE.observe(len(good))
     t0 = time.perf_counter()
     try:
-        probabilities, version = predictor.predict_with_version(
-            np.stack([prepared.image for _, prepared in good])
-        )
+        scored = predictor.predict_scored(np.stack([prepared.image for _, prepared in good]))
     except Exception:
         logger.exception("The model failed on a batch of %d", len(good))
         answers.extend(
@@ -129,7 +127,10 @@ def answer_batch(
     inference_ms = (time.perf_counter() - t0) * 1000
     metrics.INFERENCE.observe(inference_ms / 1000)
 
-    for (item, prepared), probs in zip(good, probabilities, strict=True):
+    version = scored.version
+    for (item, prepared), probs, is_digit in zip(
+        good, scored.probabilities, scored.is_digit, strict=True
+    ):
         if item.get("kind", PREDICT) == FEEDBACK:
             answers.append(_store(item, prepared, probs, version))
             continue
@@ -140,7 +141,13 @@ def answer_batch(
             "worker": (now() - started) * 1000,
         }
         frame = protocol.prediction(
-            item["id"], probs, version, encode_preview(prepared.image), timings, batch=len(good)
+            item["id"],
+            probs,
+            version,
+            encode_preview(prepared.image),
+            timings,
+            batch=len(good),
+            is_digit=bool(is_digit),
         )
         answers.append(_answer(item, frame))
     return answers

@@ -11,7 +11,8 @@ server keeps no state per socket; `predicted` and `model` (what the page was tol
 
 Server → client::
 
-    {"type": "prediction", "id": ..., "digit": 0-9, "confidence": 0..1,
+    {"type": "prediction", "id": ..., "digit": 0-9 or null, "is_digit": true|false,
+     "confidence": 0..1,
      "probabilities": [ten floats], "model": "<version>", "preview": "data:image/png;base64,...",
      "timings_ms": {...}, "batch": <images scored in the same model call>}
     {"type": "feedback_saved", "id": ..., "duplicate": false}
@@ -314,16 +315,20 @@ def prediction(
     preview: str,
     timings_ms: dict[str, float],
     batch: int = 1,
+    is_digit: bool = True,
 ) -> dict[str, Any]:
     """A `prediction` frame; the digit and confidence are read off the probabilities. `batch` is
-    how many images the model scored in the same call (for diagnostics)."""
+    how many images the model scored in the same call (for diagnostics). When the model's score
+    says the drawing is not a digit (`is_digit` false), `digit` is null; the confidence is
+    still the highest probability."""
     probs = [round(float(p), 6) for p in probabilities]
-    digit = max(range(len(probs)), key=probs.__getitem__)
+    best = max(range(len(probs)), key=probs.__getitem__)
     return {
         "type": PREDICTION,
         "id": request_id,
-        "digit": digit,
-        "confidence": probs[digit],
+        "digit": best if is_digit else None,
+        "is_digit": bool(is_digit),
+        "confidence": probs[best],
         "probabilities": probs,
         "model": model,
         "preview": preview,

@@ -36,14 +36,43 @@ def test_evaluate_json_on_the_shipped_weights(data_dir):
             str(data_dir),
             "--device",
             "cpu",
+            "--outliers-per-family",
+            "0",
             "--json",
         )
     )
     assert result["accuracy"] >= 0.995
+    assert "not_a_digit" not in result
     assert set(result["per_digit"]) == {str(d) for d in range(10)}
     assert min(result["per_digit"].values()) >= 0.98
     assert result["model"] == load_weights(SHIPPED_WEIGHTS)[1]["version"]
     assert result["count"] == 10_000
+
+
+def test_evaluate_json_reports_what_the_threshold_rejects(data_dir):
+    result = json.loads(
+        run(
+            "evaluate",
+            "--weights",
+            str(SHIPPED_WEIGHTS),
+            "--data-dir",
+            str(data_dir),
+            "--device",
+            "cpu",
+            "--outliers-per-family",
+            "6",
+            "--drawn",
+            "100",
+            "--json",
+        )
+    )
+    report = result["not_a_digit"]
+    assert report["rejection"] == load_weights(SHIPPED_WEIGHTS)[1]["rejection"]
+    assert report["counts"] == {"mnist": 10_000, "drawn": 100, "outliers": 6 * 14}
+    assert report["mnist_rejected"] <= 0.01
+    assert report["outliers_rejected"] >= 0.3
+    assert set(report["families_rejected"]) >= {"scribble", "shape", "armenian", "georgian"}
+    assert 0.5 < report["auroc"] <= 1.0 and 0.0 <= report["fpr_at_95_tpr"] <= 1.0
 
 
 def test_evaluate_text(data_dir):
@@ -55,8 +84,13 @@ def test_evaluate_text(data_dir):
         str(data_dir),
         "--device",
         "cpu",
+        "--outliers-per-family",
+        "3",
+        "--drawn",
+        "50",
     )
     assert "Test accuracy:" in text and "true\\pred" in text
+    assert "AUROC" in text and "Rejected per family: scribble" in text
 
 
 def test_evaluate_missing_weights(tmp_path, data_dir):

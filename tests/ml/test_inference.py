@@ -193,3 +193,45 @@ def test_the_served_model_is_the_trained_model_folded(shipped):
     with torch.inference_mode():
         expected = torch.softmax(eager(normalize(images)), dim=1).numpy()
     assert np.allclose(shipped.predict_proba(images), expected, atol=1e-5)
+
+
+# --- Not a digit: the score and threshold the weights carry ---------------------------------------
+
+
+def test_scored_batch_is_one_forward_pass_with_probabilities_scores_and_decisions(shipped):
+    images = np.stack([preprocess(render_template_png(d)) for d in range(10)])
+    scored = shipped.predict_scored(images)
+    assert scored.probabilities.shape == (10, 10) and scored.scores.shape == (10,)
+    assert scored.is_digit.dtype == bool and scored.version == shipped.version
+    assert np.allclose(scored.probabilities, shipped.predict_proba(images), atol=1e-6)
+    empty = shipped.predict_scored(np.zeros((0, 28, 28), np.uint8))
+    assert empty.probabilities.shape == (0, 10) and empty.is_digit.shape == (0,)
+
+
+def test_shipped_weights_carry_a_threshold_and_read_every_template_as_a_digit(shipped):
+    assert shipped.rejection is not None
+    images = np.stack(
+        [preprocess(render_template_png(d, v)) for d in range(10) for v in TEMPLATES[d]]
+    )
+    assert shipped.predict_scored(images).is_digit.all()
+
+
+def test_weights_without_a_threshold_call_everything_a_digit(tmp_path):
+    path = tmp_path / "old.safetensors"
+    other_weights(path)
+    predictor = Predictor.load(path, device="cpu")
+    assert predictor.rejection is None
+    noise = np.random.default_rng(1).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    assert predictor.predict_scored(noise).is_digit.all()
+
+
+@pytest.mark.parametrize(("threshold", "expected"), [(-1e9, True), (1e9, False)])
+def test_the_threshold_in_the_metadata_decides(tmp_path, threshold, expected):
+    state_dict, metadata = load_weights(SHIPPED_WEIGHTS)
+    path = tmp_path / "w.safetensors"
+    rejection = {"score": "energy", "threshold": threshold, "temperature": 1.0}
+    kept = {key: value for key, value in metadata.items() if key != "version"}
+    save_weights(state_dict, path, {**kept, "rejection": rejection})
+    predictor = Predictor.load(path, device="cpu")
+    images = np.stack([preprocess(render_template_png(d)) for d in (3, 8)])
+    assert predictor.predict_scored(images).is_digit.tolist() == [expected, expected]

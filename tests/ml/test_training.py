@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
 
 from classifier.ml.data import MnistData
-from classifier.ml.model import build_model
-from classifier.ml.training import TrainConfig, evaluate_model, train
+from classifier.ml.model import FAST_ARCHITECTURE, build_model
+from classifier.ml.outliers import make_outliers
+from classifier.ml.rejection import logits_of
+from classifier.ml.training import (
+    TrainConfig,
+    evaluate_model,
+    train,
+    uniform_cross_entropy,
+)
+from classifier.ml.weights import save_weights
+from tests.helpers import SHIPPED_WEIGHTS
 
 pytestmark = pytest.mark.slow
 
@@ -61,3 +71,75 @@ def test_evaluate_model_counts(small):
     diagonal = sum(result.confusion[i][i] for i in range(10))
     assert result.accuracy == pytest.approx(diagonal / 1000)
     assert result.loss > 0
+
+
+def test_uniform_cross_entropy_is_lowest_for_uniform_probabilities():
+    uniform = uniform_cross_entropy(torch.zeros(4, 10))
+    confident = uniform_cross_entropy(torch.tensor([[8.0] + [0.0] * 9] * 4))
+    assert uniform.item() == pytest.approx(math.log(10), rel=1e-6)
+    assert confident.item() > uniform.item() + 1
+
+
+def test_outlier_exposure_teaches_a_model_to_doubt_non_digits(small, tmp_path):
+    """From the same trained weights, a short run with outliers flattens the probabilities of
+    held-out non-digits far more than the same run without, and still reads the digits."""
+    base = train(TrainConfig(epochs=2, limit=3000, device="cpu", seed=3), small, progress=False)
+    start = tmp_path / "base.safetensors"
+    save_weights(base.model, start, {"architecture": FAST_ARCHITECTURE})
+    outliers, _ = make_outliers(150, "eval", seed=5, size=192)
+
+    def fine_tune(weight: float):
+        config = TrainConfig(
+            epochs=1,
+            limit=2048,
+            lr=1e-3,
+            device="cpu",
+            init_weights=str(start),
+            outlier_weight=weight,
+            outlier_pool=400,
+            drawn_pool=200,
+            seed=2,
+        )
+        return train(config, small, progress=False)
+
+    exposed, plain = fine_tune(0.5), fine_tune(0.0)
+    assert exposed.best.val_accuracy >= 0.85
+
+    def mean_top(model) -> float:
+        return float(torch.softmax(logits_of(model, outliers), dim=1).amax(dim=1).mean())
+
+    assert mean_top(exposed.model) < mean_top(plain.model) - 0.1
+
+
+def test_outlier_options_are_checked():
+    for bad in (
+        {"outlier_weight": -0.1},
+        {"outliers_per_batch": -1},
+        {"distill_weight": -1.0},
+        {"score": "entropy"},
+    ):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+
+
+def test_init_weights_of_another_architecture_are_refused(small):
+    config = TrainConfig(epochs=1, limit=256, init_weights=str(SHIPPED_WEIGHTS), device="cpu")
+    with pytest.raises(ValueError, match="architecture"):
+        train(config, small, progress=False)
+
+
+def test_freeze_norm_keeps_the_batch_norm_statistics_of_the_start(small, tmp_path):
+    start = tmp_path / "start.safetensors"
+    torch.manual_seed(0)
+    save_weights(build_model(FAST_ARCHITECTURE), start, {"architecture": FAST_ARCHITECTURE})
+
+    def statistics(model) -> list[torch.Tensor]:
+        return [t.clone() for n, t in model.state_dict().items() if "running_" in n]
+
+    initial = statistics(build_model(FAST_ARCHITECTURE))
+    for freeze, same in ((True, True), (False, False)):
+        config = TrainConfig(
+            epochs=1, limit=1024, device="cpu", init_weights=str(start), freeze_norm=freeze
+        )
+        tuned = statistics(train(config, small, progress=False).model)
+        assert all(torch.equal(a, b) for a, b in zip(initial, tuned, strict=True)) == same

@@ -21,6 +21,7 @@ from classifier.ml.weights import (
     WeightsError,
     config_from_metadata,
     load_weights,
+    rejection_from_metadata,
     save_weights,
     sidecar_path,
     weights_digest,
@@ -231,3 +232,14 @@ def test_the_shipped_weights_explain_themselves():
     assert {"batch_size", "lr", "weight_decay", "seed", "label_smoothing"} <= training.keys()
     assert training["optimizer"] == "AdamW"
     assert training["augmentation"]["flag_p"] > 0
+
+
+def test_unusable_rejection_settings_are_refused_on_load(tmp_path):
+    path = tmp_path / "w.safetensors"
+    metadata = {"architecture": ARCHITECTURE, "rejection": {"score": "entropy", "threshold": 1}}
+    save_weights(build_model(ARCHITECTURE), path, metadata)
+    with pytest.raises(WeightsError, match="rejection"):
+        load_weights(path)
+    assert rejection_from_metadata({}) is None
+    stored = rejection_from_metadata({"rejection": {"score": "msp", "threshold": 0.5}})
+    assert stored is not None and stored.threshold == 0.5

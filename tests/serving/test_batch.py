@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from django.db import OperationalError, connection
 
-from classifier.ml.inference import Predictor
+from classifier.ml.canvas import to_png
+from classifier.ml.inference import Predictor, Scored
+from classifier.ml.outliers import draw_strokes, split_rng
 from classifier.ml.preprocessing import preprocess
 from classifier.models import Correction
 from classifier.serving import protocol, publish
@@ -35,16 +37,16 @@ class CountingPredictor:
         self.predictor = predictor
         self.batches: list[int] = []
 
-    def predict_with_version(self, images: np.ndarray) -> tuple[np.ndarray, str]:
+    def predict_scored(self, images: np.ndarray) -> Scored:
         self.batches.append(len(images))
-        return self.predictor.predict_with_version(images)
+        return self.predictor.predict_scored(images)
 
 
 class BrokenPredictor(CountingPredictor):
     """A predictor whose device fails (as a GPU out of memory would)."""
 
-    def predict_with_version(self, images: np.ndarray) -> tuple[np.ndarray, str]:
-        super().predict_with_version(images)
+    def predict_scored(self, images: np.ndarray) -> Scored:
+        super().predict_scored(images)
         raise RuntimeError("CUDA error: out of memory")
 
 
@@ -93,6 +95,28 @@ def test_a_batch_is_one_model_call_and_bad_images_fail_alone(predictor: Predicto
         assert answer.channel == sent["reply_channel"]
         assert answer.message["type"] == protocol.ANSWER_MESSAGE
         assert answer.message["ticket"] == sent["ticket"]
+
+
+def test_a_drawing_that_is_no_digit_is_answered_without_a_digit(predictor: Predictor) -> None:
+    """The worker's threshold, from the weights: a scribble gets `is_digit` false and no digit,
+    in the same model call as a digit that keeps its answer."""
+    rng = split_rng("eval", 0)
+    star = [[(0.5, 0.0), (0.8, 1.0), (0.0, 0.35), (1.0, 0.35), (0.2, 1.0), (0.5, 0.0)]]
+    zigzag = [[(0.0, 0.0), (0.2, 1.0), (0.4, 0.0), (0.6, 1.0), (0.8, 0.0), (1.0, 1.0)]]
+    counting = CountingPredictor(predictor)
+    items = [
+        item("three", render_digit_png(3)),
+        item("star", to_png(draw_strokes(star, rng, turn=0.0))),
+        item("zigzag", to_png(draw_strokes(zigzag, rng, turn=0.0))),
+    ]
+    by_id = frames(answer_batch(items, counting))  # type: ignore[arg-type]
+    assert counting.batches == [3]
+    assert by_id["three"]["is_digit"] is True and by_id["three"]["digit"] == 3
+    for name in ("star", "zigzag"):
+        frame = by_id[name]
+        assert frame["type"] == protocol.PREDICTION and frame["is_digit"] is False, frame
+        assert frame["digit"] is None
+        assert len(frame["probabilities"]) == 10 and frame["preview"].startswith("data:image")
 
 
 def test_preprocessing_threads_give_the_same_answers_in_the_same_order(

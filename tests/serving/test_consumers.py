@@ -365,7 +365,7 @@ def test_hostile_images_pass_the_consumer_unopened_and_get_the_workers_answers(
     from classifier.serving.batch import answer_batch
 
     class NoModel:
-        def predict_with_version(self, images: Any) -> Any:
+        def predict_scored(self, images: Any) -> Any:
             raise AssertionError("a hostile image reached the model")
 
     async def scenario() -> tuple[list[Queued], dict[str, dict[str, Any]]]:

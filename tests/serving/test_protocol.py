@@ -165,11 +165,22 @@ def test_prediction_frame_reads_digit_and_confidence_off_the_probabilities() -> 
         "r1", probs, "v1", "data:image/png;base64,AA==", {"inference": 1.23456}
     )
     assert built["type"] == protocol.PREDICTION
-    assert built["digit"] == 3
+    assert built["digit"] == 3 and built["is_digit"] is True
     assert built["confidence"] == pytest.approx(0.91)
     assert len(built["probabilities"]) == 10
     assert built["timings_ms"] == {"inference": 1.235}
     assert json.loads(protocol.encode(built)) == built
+
+
+def test_a_prediction_that_is_no_digit_has_a_null_digit_and_keeps_the_rest() -> None:
+    probs = [0.05] * 10
+    probs[7] = 0.55
+    built = protocol.prediction("r1", probs, "v1", "data:image/png;base64,AA==", {}, is_digit=False)
+    assert built["is_digit"] is False and built["digit"] is None
+    assert built["confidence"] == pytest.approx(0.55)
+    assert built["preview"] == "data:image/png;base64,AA=="
+    assert json.loads(protocol.encode(built))["digit"] is None
+    assert protocol.prediction("r2", probs, "v1", "", {})["is_digit"] is True
 
 
 def test_error_frame_shape() -> None:

@@ -1,4 +1,5 @@
-"""`python manage.py evaluate`: score saved weights on the MNIST test set, without training."""
+"""`python manage.py evaluate`: score saved weights on the MNIST test set, without training, and
+how well their "not a digit" rejection sorts held-out digits from held-out non-digits."""
 
 from __future__ import annotations
 
@@ -11,13 +12,23 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from classifier.ml.data import DataError, load_test_split
 from classifier.ml.devices import DEVICE_CHOICES
 from classifier.ml.inference import Predictor
+from classifier.ml.rejection import (
+    EVAL_DRAWN_COUNT,
+    EVAL_OUTLIERS_PER_FAMILY,
+    evaluation_sets,
+    rejection_report,
+)
 from classifier.ml.report import format_confusion, per_digit_dict
 from classifier.ml.training import evaluate_model
 from classifier.ml.weights import WeightsError
 
 
 class Command(BaseCommand):
-    help = "Score saved weights on the 10,000 MNIST test images."
+    help = (
+        "Score saved weights on the 10,000 MNIST test images; report the share of them, of "
+        "canvas-drawn digits and of each family of generated non-digits that the weights' "
+        "threshold rejects, and the score's AUROC and FPR at 95% TPR."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -44,6 +55,22 @@ class Command(BaseCommand):
             "--no-download",
             action="store_true",
             help="fail instead of downloading MNIST when it is missing (default: download)",
+        )
+        parser.add_argument(
+            "--outliers-per-family",
+            type=int,
+            default=EVAL_OUTLIERS_PER_FAMILY,
+            metavar="N",
+            help=f"held-out non-digits drawn per family; 0 skips the not-a-digit figures "
+            f"(default: {EVAL_OUTLIERS_PER_FAMILY})",
+        )
+        parser.add_argument(
+            "--drawn",
+            type=int,
+            default=EVAL_DRAWN_COUNT,
+            metavar="N",
+            help=f"test digits redrawn on a canvas for the not-a-digit figures "
+            f"(default: {EVAL_DRAWN_COUNT})",
         )
         parser.add_argument(
             "--json",
@@ -74,6 +101,9 @@ class Command(BaseCommand):
             "confusion": result.confusion,
             "device": str(predictor.device),
         }
+        if options["outliers_per_family"] > 0:
+            sets = evaluation_sets(test, options["drawn"], options["outliers_per_family"])
+            summary["not_a_digit"] = rejection_report(predictor.model, predictor.rejection, sets)
         if options["json"]:
             self.stdout.write(json.dumps(summary))
             return
@@ -89,3 +119,25 @@ class Command(BaseCommand):
             + ", ".join(f"{d}: {100 * a:.2f}%" for d, a in enumerate(result.per_digit))
         )
         self.stdout.write(format_confusion(result.confusion))
+        report = summary.get("not_a_digit")
+        if report:
+            self._rejection_lines(report)
+
+    def _rejection_lines(self, report: dict) -> None:
+        rejection = report["rejection"]
+        if rejection is None:
+            self.stdout.write("Not a digit: these weights have no threshold; all is a digit.")
+        else:
+            self.stdout.write(
+                f"Not a digit below {rejection['score']} {rejection['threshold']:.4f}: "
+                f"rejects {100 * report['mnist_rejected']:.2f}% of MNIST test digits, "
+                f"{100 * report['drawn_rejected']:.2f}% of canvas-drawn digits, "
+                f"{100 * report['outliers_rejected']:.1f}% of non-digits"
+            )
+        self.stdout.write(
+            f"AUROC {report['auroc']:.4f}, FPR at 95% TPR {100 * report['fpr_at_95_tpr']:.1f}%"
+        )
+        self.stdout.write(
+            "Rejected per family: "
+            + ", ".join(f"{f} {100 * v:.0f}%" for f, v in report["families_rejected"].items())
+        )

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from classifier.ml.data import DataError, load_mnist
+from classifier.ml.rejection import calibrate
 from classifier.ml.report import build_report, format_confusion, per_digit_dict, write_report
 from classifier.ml.training import EpochStats, TrainConfig, evaluate_model, train
 from classifier.ml.weights import save_weights
@@ -124,6 +125,7 @@ class Command(BaseCommand):
         except ValueError as exc:  # e.g. --device cuda without a GPU
             raise CommandError(str(exc)) from exc
         test = evaluate_model(result.model, data.test, result.device)
+        rejection = calibrate(result.model, data.validation, config.score)
 
         metadata = {
             "architecture": config.architecture,
@@ -140,6 +142,7 @@ class Command(BaseCommand):
             "seed": config.seed,
             "data_checksum": data.checksum,
             "command": "python manage.py train " + shlex.join(sys.argv[2:]),
+            "rejection": rejection.as_dict(),
         }
         stored = save_weights(result.model, output, metadata)
         report = build_report(result, test, stored)
@@ -155,6 +158,10 @@ class Command(BaseCommand):
         )
         self.stdout.write("Confusion matrix (rows: true digit, columns: predicted):")
         self.stdout.write(format_confusion(test.confusion))
+        self.stdout.write(
+            f"Not a digit below {rejection.score} {rejection.threshold:.4f} "
+            f"(temperature {rejection.temperature:g}), chosen on the validation digits."
+        )
         self.stdout.write(f"Model {stored['version']} saved to {output}")
         self.stdout.write(f"Report: {json_path} and {png_path}")
 

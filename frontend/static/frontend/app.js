@@ -21,6 +21,8 @@ const MAX_LIVE_IN_FLIGHT = 2;
 const RETRY_BUSY_MS = 1_000;
 /** Below this the answer comes with the runner-up, so a person sees what the model hesitates on. */
 const UNSURE_BELOW = 0.6;
+/** Shown in place of the digit when the server answers `is_digit: false`. */
+const NOT_A_DIGIT_TEXT = "That doesn't look like a digit";
 /** How long "Saved, thank you" stays on screen. */
 const THANKS_MS = 2_500;
 
@@ -62,6 +64,7 @@ const ui = {
   confidence: $("confidence"),
   message: $("message"),
   bars: [...document.querySelectorAll("#probabilities li")],
+  probabilities: document.getElementById("probabilities"),
   preview: $("preview"),
   model: $("model-version"),
   latency: $("latency"),
@@ -179,9 +182,15 @@ function requestSettled(pending) {
 function showAnswer(answer, request) {
   const probabilities = answer.probabilities ?? [];
   const ranked = probabilities.map((p, digit) => [p, digit]).sort((a, b) => b[0] - a[0]);
-  ui.prediction.textContent = String(answer.digit);
+  // The model's score says it is no digit at all: say so, and grey the bars.
+  const notDigit = answer.is_digit === false;
+  ui.prediction.textContent = notDigit ? NOT_A_DIGIT_TEXT : String(answer.digit);
+  ui.prediction.classList.toggle("not-digit", notDigit);
+  ui.probabilities.classList.toggle("not-digit", notDigit);
   let confidence = `${percent(answer.confidence)} sure`;
-  if (answer.confidence < UNSURE_BELOW && ranked.length > 1) {
+  if (notDigit) {
+    confidence = ranked.length ? `Closest digit: ${ranked[0][1]} (${percent(ranked[0][0])})` : "";
+  } else if (answer.confidence < UNSURE_BELOW && ranked.length > 1) {
     const [p, digit] = ranked[1][1] === answer.digit ? ranked[0] : ranked[1];
     confidence += `, maybe a ${digit} (${percent(p)})`;
   }
@@ -227,6 +236,8 @@ function setBar(li, p, best) {
 
 function clearAnswer() {
   ui.prediction.textContent = "";
+  ui.prediction.classList.remove("not-digit");
+  ui.probabilities.classList.remove("not-digit");
   ui.confidence.textContent = "";
   ui.bars.forEach((li) => setBar(li, 0, false));
   ui.preview.hidden = true;
@@ -260,11 +271,14 @@ function updateFeedback() {
   const current = answered !== null && answered.version === pad.version && !pad.isDrawing;
   const open = current && feedbackInFlight === null && savedVersion !== pad.version;
   for (const button of feedbackButtons) button.disabled = !open;
+  // "Right" would confirm a digit; a drawing answered "not a digit" has none.
+  ui.feedbackRight.hidden = answered !== null && answered.digit === null;
 }
 
 /** Say what the drawing really was ("Right" sends the digit the model read). */
 function sendFeedback(digit) {
   if (ui.feedbackRight.disabled) return; // the buttons' rule holds for the keys too
+  if (digit === null || digit === undefined) return; // "Right" on an answer with no digit
   const { image, version, digit: predicted, model } = answered;
   const id = client.feedback({ image, digit, predicted, model }, { version });
   if (id === null) {

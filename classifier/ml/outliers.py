@@ -1,0 +1,530 @@
+"""Things people draw on a digit reader that are not digits, made on the fly, each family named.
+
+No set of handwritten non-digits ships with the project, so it draws its own, the way a person
+would on the page: scribbles and zigzags, shapes (stars, hearts, arrows, crossed circles...),
+letters and symbols of several alphabets taken from the DejaVu fonts and redrawn along their
+skeletons with the canvas brush after a handwriting-like distortion, glyphs of an invented
+alphabet (a few random strokes joined), pieces of digits, and several digits in one box. Every
+drawing goes through `to_mnist`, so the 28x28 image is what a worker would see.
+
+Three splits keep what trains the model, what chooses its threshold and what measures it apart:
+each split has its own seeds, and a third of every alphabet's characters (and the Armenian and
+Georgian alphabets entirely) appear only in "eval", so evaluation measures alphabets the model
+never saw. Canvas-style digits (`drawn_digits`) come from the same brush, for the other side of
+the threshold.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from classifier.ml.canvas import (
+    CANVAS_SIZE,
+    STYLE_WEIGHTS,
+    STYLES,
+    TEMPLATES,
+    Polyline,
+    compose,
+    draw_mask,
+    render_canvas,
+    template_segments,
+)
+from classifier.ml.input import ImageError
+from classifier.ml.preprocessing import to_mnist
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "calibration", "eval")
+# Mixed with each call's seed, so the three splits never share a drawing.
+_SPLIT_SEEDS = {"train": 11, "calibration": 23, "eval": 37}
+
+FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
+FONT_FILES = (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSans-ExtraLight.ttf",
+    "DejaVuSansCondensed.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSerifCondensed.ttf",
+)
+
+
+def _chars(*ranges: tuple[int, int], leave_out: str = "") -> str:
+    return "".join(
+        chr(c) for low, high in ranges for c in range(low, high + 1) if chr(c) not in leave_out
+    )
+
+
+# Letters that people (and MNIST) write like digits are left out: O/o (0), I/l/i (1), Z/z (2),
+# S/s (5), B/b/G/g/q (6, 8, 9), and their look-alikes in other alphabets.
+SCRIPTS: dict[str, str] = {
+    "latin": _chars((0x41, 0x5A), (0x61, 0x7A), leave_out="OoIilZzSsBbGgqDJjTtCcUuVvx"),
+    "greek": _chars((0x391, 0x3A9), (0x3B1, 0x3C9), leave_out="ΟοΙιΖΒβΘθδσςΤτΧχΥυ\u03a2"),
+    "cyrillic": _chars((0x410, 0x44F), leave_out="ОоЗзБбЧчВвСсТтУуХх"),
+    "armenian": _chars((0x531, 0x556), (0x561, 0x586), leave_out="ՕօՅյՑցԳգ"),
+    "georgian": _chars((0x10D0, 0x10F0), leave_out="ႣႩ"),
+    "hebrew": _chars((0x5D0, 0x5EA), leave_out="וןך"),
+    "arabic": _chars((0x628, 0x63A), (0x641, 0x64A), leave_out="هو"),
+    "symbol": "&@#%$?!§¶†‡∞≈≠±√∑∏∫∂∆∇⊕⊗♥♠♣♦★☆☺☹♪♫☂☀☃✓✗✚✿❀➔⌘©®€£¥¤Ω※⁂",
+}
+# Alphabets seen only in evaluation: it measures alphabets the model never saw.
+EVAL_ONLY_SCRIPTS = ("armenian", "georgian")
+
+STROKE_FAMILIES = ("scribble", "zigzag", "shape", "glyph", "digit_piece", "multi_digit")
+FAMILIES = (*STROKE_FAMILIES, *SCRIPTS)
+
+
+# --- Strokes in a unit box (x right, y down), as canvas.TEMPLATES --------------------------------
+
+
+def _circle(cx: float, cy: float, r: float, n: int = 32, start: float = 0.0) -> Polyline:
+    return [
+        (cx + r * math.cos(t), cy + r * math.sin(t))
+        for t in np.linspace(start, start + 2 * math.pi, n)
+    ]
+
+
+def _star(rng: np.random.Generator) -> list[Polyline]:
+    points = int(rng.choice([5, 5, 6, 7]))
+    inner = float(rng.uniform(0.18, 0.3))
+    turn = float(rng.uniform(0, 2 * math.pi))
+    ring = [
+        (
+            0.5 + (0.5 if k % 2 == 0 else inner) * math.cos(turn + k * math.pi / points),
+            0.5 + (0.5 if k % 2 == 0 else inner) * math.sin(turn + k * math.pi / points),
+        )
+        for k in range(2 * points + 1)
+    ]
+    if rng.random() < 0.4:  # the pentagram people draw in one stroke
+        ring = [
+            (
+                0.5 + 0.5 * math.cos(turn + k * 4 * math.pi / 5),
+                0.5 + 0.5 * math.sin(turn + k * 4 * math.pi / 5),
+            )
+            for k in range(6)
+        ]
+    return [ring]
+
+
+def _heart(_: np.random.Generator) -> list[Polyline]:
+    t = np.linspace(0, 2 * math.pi, 48)
+    x = 16 * np.sin(t) ** 3
+    y = 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
+    return [list(zip(0.5 + x / 34, 0.45 - y / 34, strict=True))]
+
+
+def _arrow(rng: np.random.Generator) -> list[Polyline]:
+    head = float(rng.uniform(0.2, 0.35))
+    return [
+        [(0.0, 0.5), (1.0, 0.5)],
+        [(1.0 - head, 0.5 - head), (1.0, 0.5), (1.0 - head, 0.5 + head)],
+    ]
+
+
+def _shape(rng: np.random.Generator) -> list[Polyline]:
+    kind = str(rng.choice(SHAPES))
+    return SHAPE_MAKERS[kind](rng)
+
+
+SHAPE_MAKERS: dict[str, Callable[[np.random.Generator], list[Polyline]]] = {
+    "crossed_circle": lambda r: [
+        _circle(0.5, 0.5, 0.5),
+        [(0.5, 0.0), (0.5, 1.0)],
+        [(0.0, 0.5), (1.0, 0.5)],
+    ],
+    "x_circle": lambda r: [
+        _circle(0.5, 0.5, 0.5),
+        [(0.15, 0.15), (0.85, 0.85)],
+        [(0.85, 0.15), (0.15, 0.85)],
+    ],
+    "star": _star,
+    "heart": _heart,
+    "arrow": _arrow,
+    "box": lambda r: [[(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)]],
+    "crossed_box": lambda r: [
+        [(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)],
+        [(0, 0), (1, 1)],
+        [(1, 0), (0, 1)],
+    ],
+    "triangle": lambda r: [[(0.5, 0.0), (1.0, 0.9), (0.0, 0.9), (0.5, 0.0)]],
+    "spiral": lambda r: [
+        [
+            (0.5 + t / 30 * math.cos(t), 0.5 + t / 30 * math.sin(t))
+            for t in np.linspace(0.5, 14.5, 60)
+        ]
+    ],
+    "house": lambda r: [[(0, 1), (0, 0.4), (0.5, 0), (1, 0.4), (1, 1), (0, 1)]],
+    "hash": lambda r: [
+        [(0.35, 0), (0.3, 1)],
+        [(0.7, 0), (0.65, 1)],
+        [(0, 0.33), (1, 0.33)],
+        [(0, 0.67), (1, 0.67)],
+    ],
+    "smiley": lambda r: [
+        _circle(0.5, 0.5, 0.5),
+        _circle(0.33, 0.35, 0.05, 8),
+        _circle(0.67, 0.35, 0.05, 8),
+        [(0.5 + 0.28 * math.cos(t), 0.55 + 0.2 * math.sin(t)) for t in np.linspace(0.3, 2.8, 16)],
+    ],
+    "diamond": lambda r: [[(0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5), (0.5, 0)]],
+    "lightning": lambda r: [[(0.6, 0), (0.2, 0.55), (0.7, 0.45), (0.3, 1)]],
+    "cloud": lambda r: [
+        [
+            (
+                0.5 + (0.42 + 0.08 * math.cos(7 * t)) * math.cos(t),
+                0.5 + (0.3 + 0.06 * math.cos(7 * t)) * math.sin(t),
+            )
+            for t in np.linspace(0, 2 * math.pi, 70)
+        ]
+    ],
+    "wave": lambda r: [
+        [(x, 0.5 + 0.25 * math.sin(x * 4 * math.pi)) for x in np.linspace(0, 1, 40)]
+    ],
+}
+SHAPES = tuple(SHAPE_MAKERS)
+
+
+def _scribble(rng: np.random.Generator) -> list[Polyline]:
+    """A tangle: a random walk with momentum, then smoothed."""
+    n = int(rng.integers(40, 120))
+    angle = float(rng.uniform(0, 2 * math.pi))
+    turn = rng.normal(0, float(rng.uniform(0.4, 1.2)), n)
+    angles = angle + np.cumsum(turn)
+    steps = np.stack([np.cos(angles), np.sin(angles)], axis=1) * float(rng.uniform(0.5, 1.5))
+    points = np.cumsum(steps, axis=0)
+    return [[(float(x), float(y)) for x, y in points]]
+
+
+def _zigzag(rng: np.random.Generator) -> list[Polyline]:
+    zigs = int(rng.integers(3, 9))
+    amplitude = float(rng.uniform(0.15, 0.5))
+    xs = np.linspace(0, 1, zigs + 1) + rng.normal(0, 0.02, zigs + 1)
+    ys = (
+        0.5
+        + amplitude * np.where(np.arange(zigs + 1) % 2 == 0, -1, 1)
+        + rng.normal(0, 0.04, zigs + 1)
+    )
+    stroke = list(zip(xs.tolist(), ys.tolist(), strict=True))
+    if rng.random() < 0.3:  # a second row, as in a coiled line
+        stroke += [(x, y + 0.6) for x, y in reversed(stroke)]
+    return [stroke]
+
+
+def _glyph(rng: np.random.Generator) -> list[Polyline]:
+    """A character of an alphabet nobody knows: 2-5 lines, arcs and loops, mostly joined."""
+    strokes: list[Polyline] = []
+    at = (float(rng.uniform(0.1, 0.9)), float(rng.uniform(0.1, 0.9)))
+    for _ in range(int(rng.integers(2, 6))):
+        if strokes and rng.random() < 0.3:
+            at = (float(rng.uniform(0.1, 0.9)), float(rng.uniform(0.1, 0.9)))
+        kind = rng.choice(["line", "arc", "loop", "hook"], p=[0.4, 0.3, 0.15, 0.15])
+        if kind == "line":
+            end = (float(rng.uniform(0, 1)), float(rng.uniform(0, 1)))
+            stroke = [at, end]
+        elif kind == "loop":
+            r = float(rng.uniform(0.08, 0.2))
+            start = float(rng.uniform(0, 2 * math.pi))
+            cx, cy = at[0] - r * math.cos(start), at[1] - r * math.sin(start)
+            stroke = _circle(cx, cy, r, 20, start)
+        else:
+            r = float(rng.uniform(0.15, 0.45))
+            start = float(rng.uniform(0, 2 * math.pi))
+            sweep = float(rng.uniform(0.6, 2.2 if kind == "arc" else 1.0)) * rng.choice([-1, 1])
+            cx, cy = at[0] - r * math.cos(start), at[1] - r * math.sin(start)
+            stroke = [
+                (cx + r * math.cos(t), cy + r * math.sin(t))
+                for t in np.linspace(start, start + sweep, 16)
+            ]
+            if kind == "hook":
+                tip = stroke[-1]
+                stroke.append((tip[0] + float(rng.uniform(-0.2, 0.2)), tip[1] + 0.2))
+        strokes.append(stroke)
+        at = stroke[-1]
+    return strokes
+
+
+def _template(rng: np.random.Generator, digits: Sequence[int] = tuple(range(10))) -> list[Polyline]:
+    digit = int(rng.choice(digits))
+    variants = TEMPLATES[digit]
+    return variants[str(rng.choice(list(variants)))]
+
+
+def _digit_piece(rng: np.random.Generator) -> list[Polyline]:
+    """A digit cut by a line, one side kept; or the two halves pulled apart."""
+    strokes = _template(rng, (2, 3, 4, 5, 6, 8, 9))
+    angle = float(rng.uniform(0, math.pi))
+    normal = np.array([math.cos(angle), math.sin(angle)])
+    offset = float(rng.uniform(-0.1, 0.1))
+    apart = rng.random() < 0.35
+    pieces: list[Polyline] = []
+    for stroke in strokes:
+        points = np.asarray(stroke) - 0.5
+        side = points @ normal > offset
+        for keep in (True, False) if apart else (bool(rng.random() < 0.5),):
+            shift = normal * (0.35 if keep else -0.35) if apart else 0.0
+            run: Polyline = []
+            for point, on in zip(points + shift + 0.5, side, strict=True):
+                if on == keep:
+                    run.append((float(point[0]), float(point[1])))
+                elif run:
+                    pieces.append(run)
+                    run = []
+            if run:
+                pieces.append(run)
+    # Crumbs of a stroke read as dots, not as part of a digit.
+    pieces = [piece for piece in pieces if len(piece) >= 4]
+    return pieces or strokes[:1]
+
+
+def _multi_digit(rng: np.random.Generator) -> list[Polyline]:
+    """Two or three digits side by side (or stacked) in one box."""
+    count = int(rng.integers(2, 4))
+    stacked = rng.random() < 0.2
+    strokes: list[Polyline] = []
+    for k in range(count):
+        dx, dy = (0.0, 1.1 * k) if stacked else (0.75 * k + float(rng.uniform(-0.05, 0.1)), 0.0)
+        strokes += [[(x * 0.6 + dx, y + dy) for x, y in s] for s in _template(rng)]
+    return strokes
+
+
+STROKE_MAKERS: dict[str, Callable[[np.random.Generator], list[Polyline]]] = {
+    "scribble": _scribble,
+    "zigzag": _zigzag,
+    "shape": _shape,
+    "glyph": _glyph,
+    "digit_piece": _digit_piece,
+    "multi_digit": _multi_digit,
+}
+
+
+def draw_strokes(
+    strokes: Sequence[Polyline],
+    rng: np.random.Generator,
+    size: int = CANVAS_SIZE,
+    turn: float = 0.5,
+) -> Image.Image:
+    """Strokes (any box) drawn on a canvas like `canvas.render_template`: a random size, place,
+    slant, rotation (up to `turn` radians) and brush, in one of the canvas styles."""
+    segments = template_segments(strokes)
+    if len(segments) == 0:
+        segments = np.zeros((1, 2, 2), dtype=np.float32)
+    points = segments.reshape(-1, 2)
+    low, high = points.min(axis=0), points.max(axis=0)
+    span = float(max(high - low)) or 1.0
+    segments = (segments - (low + high) / 2) / span
+    angle = float(rng.uniform(-turn, turn))
+    shear = float(rng.uniform(-0.3, 0.3))
+    rotate = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    segments = segments @ rotate.T.astype(np.float32)
+    segments[..., 0] -= shear * segments[..., 1]
+    segments[..., 0] *= float(rng.uniform(0.75, 1.25))
+    height = float(rng.uniform(0.3, 0.85)) * size
+    brush = float(np.clip(rng.uniform(0.04, 0.12) * height, 4.0 * size / CANVAS_SIZE, 40.0))
+    half = height / 2 + brush
+    centre = (
+        float(rng.uniform(half * 0.8, max(half * 0.8, size - half * 0.8))),
+        float(rng.uniform(half * 0.8, max(half * 0.8, size - half * 0.8))),
+    )
+    segments = segments * height + np.array(centre, dtype=np.float32)
+    style = str(rng.choice(STYLES, p=STYLE_WEIGHTS))
+    return compose(draw_mask(segments, size=size, brush=brush), style, rng)
+
+
+# --- Letters and symbols from the fonts ----------------------------------------------------------
+
+
+@functools.cache
+def _font(name: str, size: int) -> ImageFont.FreeTypeFont | None:
+    try:
+        return ImageFont.truetype(str(FONT_DIR / name), size)
+    except OSError:
+        return None
+
+
+@functools.cache
+def _missing_glyph(name: str) -> bytes:
+    font = _font(name, 64)
+    return bytes(font.getmask("\U0010fffd")) if font else b""
+
+
+@functools.cache
+def fonts_for(char: str) -> tuple[str, ...]:
+    """The fonts of `FONT_FILES` that draw `char` (not their missing-glyph box)."""
+    found = []
+    for name in FONT_FILES:
+        font = _font(name, 64)
+        if font is None:
+            continue
+        mask = font.getmask(char)
+        if mask.getbbox() and bytes(mask) != _missing_glyph(name):
+            found.append(name)
+    return tuple(found)
+
+
+def characters(script: str, split: str) -> str:
+    """The characters of `script` that `split` draws: a fixed third of each alphabet (and every
+    character of `EVAL_ONLY_SCRIPTS`) is kept for "eval"; the fonts must draw them."""
+    _check_split(split)
+    chars = [c for c in SCRIPTS[script] if fonts_for(c)]
+    held = [c for c in chars if script in EVAL_ONLY_SCRIPTS or zlib.crc32(c.encode()) % 3 == 0]
+    return "".join(held if split == "eval" else [c for c in chars if c not in held])
+
+
+def _elastic(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """A smooth random displacement of a (H, W) float image: the wobble of a hand-drawn line."""
+    h, w = image.shape
+    coarse = torch.from_numpy(rng.normal(0, strength, (1, 2, 4, 4)).astype(np.float32))
+    field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    grid = torch.stack([xs + field[0, 0], ys + field[0, 1]], dim=-1).unsqueeze(0)
+    moved = F.grid_sample(
+        torch.from_numpy(image)[None, None], grid, align_corners=True, padding_mode="zeros"
+    )
+    return moved[0, 0].numpy()
+
+
+def font_drawing(char: str, rng: np.random.Generator, size: int = CANVAS_SIZE) -> Image.Image:
+    """`char` from one of its fonts, rotated, sheared and wobbled like handwriting, then mostly
+    redrawn along its skeleton with the canvas brush (else kept as filled, thickened or thinned
+    type)."""
+    fonts = fonts_for(char)
+    if not fonts:
+        raise ValueError(f"No font draws {char!r}.")
+    font = _font(str(rng.choice(fonts)), 96)
+    glyph = Image.new("L", (160, 160), 0)
+    ImageDraw.Draw(glyph).text((80, 80), char, fill=255, font=font, anchor="mm")
+    angle = float(rng.uniform(-20, 20))
+    shear = float(rng.uniform(-0.35, 0.35))
+    glyph = glyph.rotate(angle, resample=Image.Resampling.BILINEAR).transform(
+        glyph.size,
+        Image.Transform.AFFINE,
+        (1, shear, -shear * 80, 0, 1, 0),
+        Image.Resampling.BILINEAR,
+    )
+    ink = _elastic(np.asarray(glyph, dtype=np.float32) / 255.0, rng, float(rng.uniform(0.0, 0.06)))
+    image28 = to_mnist(Image.fromarray(np.clip(ink * 255, 0, 255).astype(np.uint8)))
+    if rng.random() < 0.75:
+        return render_canvas(image28, rng, size=size)
+    typed = Image.fromarray(image28)
+    change = rng.choice(["none", "thicker", "thinner"])
+    if change == "thicker":
+        typed = typed.filter(ImageFilter.MaxFilter(3))
+    elif change == "thinner":
+        typed = typed.filter(ImageFilter.MinFilter(3)) if np.asarray(typed).mean() > 40 else typed
+    return compose(typed.resize((size, size), Image.Resampling.BILINEAR), "inverted", rng)
+
+
+# --- Sets ----------------------------------------------------------------------------------------
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+
+
+def split_rng(split: str, seed: int, *salt: int) -> np.random.Generator:
+    """The generator of one split and seed: two splits never draw the same numbers."""
+    _check_split(split)
+    return np.random.default_rng([_SPLIT_SEEDS[split], seed, *salt])
+
+
+def families_for(split: str) -> tuple[str, ...]:
+    """The families a split draws: training leaves out the evaluation-only alphabets."""
+    _check_split(split)
+    return tuple(f for f in FAMILIES if split == "eval" or f not in EVAL_ONLY_SCRIPTS)
+
+
+def outlier_drawing(
+    family: str, rng: np.random.Generator, split: str, size: int = CANVAS_SIZE
+) -> Image.Image:
+    """One canvas drawing of `family`, as a person would send it."""
+    if family in STROKE_MAKERS:
+        return draw_strokes(STROKE_MAKERS[family](rng), rng, size)
+    if family in SCRIPTS:
+        chars = characters(family, split)
+        if not chars:
+            raise ValueError(f"No font draws the {family} characters of the {split} split.")
+        return font_drawing(str(rng.choice(list(chars))), rng, size)
+    raise ValueError(f"Unknown outlier family {family!r}; known: {', '.join(FAMILIES)}.")
+
+
+# Drawings retried when they come out blank or as a single stroke.
+MAX_ATTEMPTS = 6
+# Below this ratio of the ink's minor to major spread, a drawing is one straight stroke: a 1 to
+# anyone, so it is not taught as a non-digit.
+MIN_SPREAD_RATIO = 0.3
+
+
+def looks_like_a_stroke(image28: np.ndarray) -> bool:
+    """True when the ink of a 28x28 image is (nearly) a straight line or a dot."""
+    ys, xs = np.nonzero(np.asarray(image28) > 64)
+    if ys.size < 12:
+        return True
+    spread = np.linalg.eigvalsh(np.cov(np.stack([xs, ys]).astype(np.float64)))
+    return bool(math.sqrt(max(spread[0], 0.0) / max(spread[1], 1e-9)) < MIN_SPREAD_RATIO)
+
+
+def make_outliers(
+    count: int,
+    split: str,
+    seed: int = 0,
+    families: Sequence[str] | None = None,
+    size: int = CANVAS_SIZE,
+) -> tuple[np.ndarray, list[str]]:
+    """`count` outliers of `split` as the model sees them (uint8 (N, 28, 28)) and the family of
+    each, the families taking turns. Families whose fonts are missing are left out (logged)."""
+    families = list(families or families_for(split))
+    usable = [f for f in families if f not in SCRIPTS or characters(f, split)]
+    if len(usable) < len(families):
+        logger.warning("No font for %s: left out", ", ".join(sorted(set(families) - set(usable))))
+    images, names = [], []
+    for index in range(count):
+        family = usable[index % len(usable)]
+        for attempt in range(MAX_ATTEMPTS):
+            rng = split_rng(split, seed, index, attempt)
+            try:
+                image = to_mnist(outlier_drawing(family, rng, split, size))
+            except ImageError:  # a drawing that left the canvas blank
+                continue
+            if not looks_like_a_stroke(image):
+                images.append(image)
+                names.append(family)
+                break
+    return np.stack(images) if images else np.zeros((0, 28, 28), np.uint8), names
+
+
+def drawn_digits(
+    images28: np.ndarray,
+    labels: np.ndarray,
+    split: str,
+    seed: int = 0,
+    template_share: float = 0.25,
+    size: int = CANVAS_SIZE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Digits as drawn on the canvas and seen by the model: the given MNIST digits redrawn with
+    the brush (`canvas.render_canvas`), a `template_share` of them replaced by stroke templates
+    of the same digit. Returns uint8 (N, 28, 28) and the labels."""
+    out = np.empty((len(images28), 28, 28), dtype=np.uint8)
+    for index, (image, label) in enumerate(zip(images28, labels, strict=True)):
+        rng = split_rng(split, seed, 1_000_003, index)
+        if rng.random() < template_share:
+            strokes = _template(rng, (int(label),))
+            drawing = draw_strokes(strokes, rng, size, turn=0.2)
+        else:
+            drawing = render_canvas(np.asarray(image), rng, size=size)
+        out[index] = to_mnist(drawing)
+    return out, np.asarray(labels, dtype=np.int64)

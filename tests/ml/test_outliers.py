@@ -1,0 +1,93 @@
+"""The generated non-digits: every family draws, splits stay apart, and they are what a worker
+sees (28x28 uint8 from the canvas through `to_mnist`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from classifier.ml.outliers import (
+    EVAL_ONLY_SCRIPTS,
+    FAMILIES,
+    SCRIPTS,
+    SPLITS,
+    characters,
+    drawn_digits,
+    families_for,
+    fonts_for,
+    looks_like_a_stroke,
+    make_outliers,
+    outlier_drawing,
+    split_rng,
+)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_draws_something_a_worker_would_see(family: str) -> None:
+    images, names = make_outliers(6, "eval", families=[family], size=192)
+    assert images.shape == (6, 28, 28) and images.dtype == np.uint8
+    assert names == [family] * 6
+    # What to_mnist makes: ink peaks at white, background black, no two drawings alike.
+    assert (images.reshape(6, -1).max(axis=1) == 255).all()
+    assert (images[:, 0, :] == 0).mean() > 0.9
+    assert len({image.tobytes() for image in images}) == 6
+
+
+def test_the_same_seed_gives_the_same_drawings_and_splits_differ() -> None:
+    first, _ = make_outliers(8, "train", seed=3, size=192)
+    again, _ = make_outliers(8, "train", seed=3, size=192)
+    other, _ = make_outliers(8, "calibration", seed=3, size=192)
+    assert np.array_equal(first, again)
+    assert not any(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_evaluation_characters_are_never_trained_on() -> None:
+    for script in SCRIPTS:
+        train, evaluate = set(characters(script, "train")), set(characters(script, "eval"))
+        assert not train & evaluate, script
+        assert evaluate, f"no {script} character is kept for evaluation"
+        if script in EVAL_ONLY_SCRIPTS:
+            assert not train and script not in families_for("train")
+        else:
+            assert len(train) >= len(evaluate), script
+
+
+def test_letters_that_look_like_digits_are_left_out() -> None:
+    for char in "OoIilZzSsBbGgq":
+        assert char not in SCRIPTS["latin"]
+    assert "\u0417" not in SCRIPTS["cyrillic"]  # Ze, a 3
+    assert "\u039f" not in SCRIPTS["greek"]  # Omicron, a 0
+
+
+def test_fonts_draw_the_non_latin_alphabets() -> None:
+    for char in ("Ж", "Ω", "א", "ب", "Ա", "ა"):
+        assert fonts_for(char), char
+    assert fonts_for("\U0010fffd") == ()
+
+
+def test_a_straight_line_or_a_dot_is_a_stroke_a_star_is_not() -> None:
+    line = np.zeros((28, 28), np.uint8)
+    line[4:24, 13:15] = 255
+    assert looks_like_a_stroke(line)
+    assert looks_like_a_stroke(np.zeros((28, 28), np.uint8))
+    star, _ = make_outliers(1, "eval", families=["shape"], size=192)
+    assert not looks_like_a_stroke(star[0])
+
+
+def test_unknown_family_and_split_are_refused() -> None:
+    with pytest.raises(ValueError, match="family"):
+        outlier_drawing("nope", split_rng("train", 0), "train")
+    with pytest.raises(ValueError, match="split"):
+        make_outliers(1, "test")
+    assert set(SPLITS) == {"train", "calibration", "eval"}
+
+
+def test_drawn_digits_keep_their_labels_and_look_like_digits() -> None:
+    source = np.zeros((4, 28, 28), np.uint8)
+    source[:, 5:23, 12:16] = 255  # a 1, four times
+    images, labels = drawn_digits(source, np.array([1, 1, 1, 1]), "eval", template_share=0.0)
+    assert images.shape == (4, 28, 28) and labels.tolist() == [1, 1, 1, 1]
+    assert (images.reshape(4, -1).max(axis=1) == 255).all()
+    # Each drawn with its own brush and slant, and a thick 1 is still a stroke, never an outlier.
+    assert len({image.tobytes() for image in images}) == 4
+    assert all(looks_like_a_stroke(image) for image in images)
