@@ -26,6 +26,7 @@ from classifier.ml.data import Split
 from classifier.ml.finetune import MNIST_TOLERANCE, FinetuneConfig, Scores, finetune, gate
 from classifier.ml.model import FAST_ARCHITECTURE, build_model, model_config
 from classifier.ml.preprocessing import preprocess
+from classifier.ml.rejection import Rejection
 from classifier.ml.weights import load_weights, save_weights, sidecar_path
 from classifier.models import Status
 from tests.helpers import shipped_weights
@@ -78,11 +79,16 @@ def weak_weights(tmp_path_factory, mnist) -> Path:
     that fine-tuning has something to improve."""
     torch.manual_seed(3)
     fresh = build_model(FAST_ARCHITECTURE).state_dict()
-    config = FinetuneConfig(limit=768, lr=3e-3, device="cpu", seed=3)
+    # A fresh network: no statistics or answers of its own worth keeping.
+    config = FinetuneConfig(
+        limit=768, lr=3e-3, device="cpu", seed=3, freeze_norm=False, distill=0.0
+    )
     empty = Split(torch.zeros((0, 28, 28), dtype=torch.uint8), torch.zeros((0,), dtype=torch.long))
     result = finetune(fresh, model_config(FAST_ARCHITECTURE), mnist.train, empty, config)
     path = tmp_path_factory.mktemp("weak") / "weak.safetensors"
-    save_weights(result.model, path, {"architecture": FAST_ARCHITECTURE})
+    # A not-a-digit threshold of its own, which a promoted candidate must have chosen again.
+    rejection = {"score": "msp", "threshold": 0.5, "temperature": 1.0}
+    save_weights(result.model, path, {"architecture": FAST_ARCHITECTURE, "rejection": rejection})
     return path
 
 
@@ -180,6 +186,8 @@ def test_promotion_writes_the_weights_and_models_go_back(weights, data_dir):
     assert not set(trained + held) & set(pending + rejected)
     assert len(held) == outcome["corrections"]["held_out"] > 0
     assert metadata["training"]["epochs"] == 1 and metadata["training"]["limit"] == 1024
+    rejection = Rejection.from_dict(metadata["rejection"])
+    assert rejection.score == "msp" and rejection.threshold != 0.5
 
     lines, _ = run("models", "--weights", str(weights))
     versions = [line[2:].split()[0] for line in lines[1:]]

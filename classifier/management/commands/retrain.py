@@ -35,6 +35,7 @@ from classifier.ml.finetune import (
     is_held_out,
 )
 from classifier.ml.model import build_model
+from classifier.ml.rejection import Rejection, choose_threshold
 from classifier.ml.training import evaluate_model
 from classifier.ml.weights import WeightsError, config_from_metadata, load_weights
 
@@ -184,6 +185,8 @@ class Command(BaseCommand):
                 "data_checksum": data.checksum,
                 "command": "python manage.py retrain " + shlex.join(sys.argv[2:]),
             }
+            if served_meta.get("rejection") and decision.promote and not options["dry_run"]:
+                metadata["rejection"] = self._rejection(result.model, data, served_meta)
             if decision.promote and not options["dry_run"]:
                 modelstore.keep(weights)  # the model it replaces, to go back to
                 stored = modelstore.add(weights, result.model.state_dict(), metadata)
@@ -225,6 +228,21 @@ class Command(BaseCommand):
         )
         model.to("cpu")
         return Scores(mnist_test=mnist, held_out=held)
+
+    def _rejection(self, model, data, served_meta: dict) -> dict:
+        """The served model's not-a-digit score, its threshold chosen again for the candidate on
+        the validation digits: fine-tuning moves the scores a little, and a stale threshold
+        would turn away digits (or keep non-digits) that the new model scores differently."""
+        served = Rejection.from_dict(served_meta["rejection"])
+        rejection = choose_threshold(
+            model, data.validation.images, score=served.score, temperature=served.temperature
+        )
+        model.to("cpu")
+        self.stdout.write(
+            f"not a digit below {rejection.score} {rejection.threshold:.4f} "
+            f"(served model: {served.threshold:.4f}), chosen on the validation digits"
+        )
+        return rejection.as_dict()
 
     @staticmethod
     def _describe(scores: Scores) -> str:
