@@ -176,10 +176,10 @@ def _flood_fill(mask: np.ndarray) -> np.ndarray:
             for dy in (-1, 0, 1):
                 for dx in (-1, 0, 1):
                     ny, nx = y + dy, x + dx
-                    if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1]:
-                        if mask[ny, nx] and not labels[ny, nx]:
-                            labels[ny, nx] = count
-                            stack.append((ny, nx))
+                    inside = 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1]
+                    if inside and mask[ny, nx] and not labels[ny, nx]:
+                        labels[ny, nx] = count
+                        stack.append((ny, nx))
     return labels
 
 
