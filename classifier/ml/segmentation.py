@@ -52,7 +52,9 @@ MAX_PART = 1.25
 # At most this many cuts are tried in one wide piece (the parts between them grow as its square).
 MAX_CUTS = 7
 # Log-price of each digit beyond the first in a piece: splitting must buy that much confidence.
-SPLIT_COST = 1.0
+SPLIT_COST = 0.5
+# ...and this for each stroke its cut crosses beyond the first.
+CROSS_COST = 2.0
 # A part narrower than this (times the height) that the classifier does not read as a 1 is
 # probably half a digit; each such part pays NARROW_COST.
 NARROW = 0.3
@@ -94,6 +96,9 @@ class _Piece:
     height: float  # the digits' height the piece is judged by
     nodes: list[int]
     parts: dict[tuple[int, int], int] = field(default_factory=dict)  # (i, j) -> crop index
+    # Strokes each node's column crosses: two touching digits meet in one, a cut through one
+    # wide digit crosses several.
+    crossings: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,7 @@ def _best_parts(piece: _Piece, probabilities: np.ndarray, boxes: list[Box]) -> l
             index = piece.parts.get((i, j))
             if index is None or best[i] == -math.inf:
                 continue
-            cost = SPLIT_COST if i > 0 else 0.0
+            cost = SPLIT_COST + CROSS_COST * max(0, piece.crossings[i] - 1) if i > 0 else 0.0
             part = _part_score(piece, i, j, probabilities[index], boxes[index])
             score = best[i] + part - cost
             if score > best[j]:
@@ -403,7 +408,13 @@ def segment(image: Image.Image) -> Segmentation:
         own = ink[y0:y1, x0:x1] * mask
         width = x1 - x0
         cuts = _cuts(own.sum(axis=0), height) if width > WIDE * height else []
-        piece = _Piece(width=width, height=height, nodes=[0, *cuts, width])
+        column = own >= INK_THRESHOLD
+        crossings = [
+            int(np.count_nonzero(np.diff(column[:, min(x, width - 1)].astype(np.int8)) == 1))
+            + int(column[0, min(x, width - 1)])
+            for x in [0, *cuts, width]
+        ]
+        piece = _Piece(width=width, height=height, nodes=[0, *cuts, width], crossings=crossings)
         for i in range(len(piece.nodes)):
             for j in range(i + 1, len(piece.nodes)):
                 a, b = piece.nodes[i], piece.nodes[j]

@@ -60,7 +60,8 @@ def test_a_number_is_read_left_to_right_with_each_digits_box(
 
 
 @pytest.mark.parametrize(
-    ("label", "gap", "seed"), [("23", "touch", 1), ("50", "touch", 5), ("47", "overlap", 4)]
+    ("label", "gap", "seed"),
+    [("23", "touch", 1), ("50", "touch", 2), ("86", "touch", 5), ("47", "overlap", 4)],
 )
 def test_touching_digits_are_split_where_the_classifier_is_surest(
     predictor: Predictor, label: str, gap: str, seed: int
