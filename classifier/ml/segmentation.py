@@ -45,7 +45,7 @@ SCRAP_HEIGHT = 0.35
 # Pieces with less than this share of the ink, and small, are noise (a stray touch of the pen).
 NOISE_SHARE = 0.004
 # A piece wider than this (times the digits' height) may be touching digits: its cuts are scored.
-WIDE = 0.75
+WIDE = 1.0
 # The narrowest and widest part of a split piece, times the digits' height.
 MIN_PART = 0.12
 MAX_PART = 1.25
@@ -198,20 +198,23 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, list[list[int]]]:
             a = parent[a]
         return a
 
-    previous_lo = previous_hi = 0  # the runs of the row above: [previous_lo, previous_hi)
-    current_lo = 0
-    for k, row in enumerate(rows):
-        if k == 0 or row != rows[k - 1]:
-            if k > 0 and row == rows[k - 1] + 1:
-                previous_lo, previous_hi = current_lo, k
-            else:
-                previous_lo = previous_hi = k
-            current_lo = k
-        for m in range(previous_lo, previous_hi):
-            if s[m] <= e[k] and s[k] <= e[m]:  # 8-connected: touching diagonally counts
-                ra, rb = find(k), find(m)
+    # Each row's runs, in order: [first, end) of the run indices, and the row.
+    firsts = [0, *(np.flatnonzero(np.diff(starts[:, 0])) + 1).tolist()]
+    spans = list(zip(firsts, [*firsts[1:], len(rows)], strict=True))
+    for (lo, hi), (above_lo, above_hi) in zip(spans[1:], spans[:-1], strict=True):
+        if rows[lo] != rows[above_lo] + 1:
+            continue  # a blank row between them
+        m = above_lo
+        for k in range(lo, hi):
+            # Runs above that end before this one starts touch no later run of this row either.
+            while m < above_hi and e[m] < s[k]:
+                m += 1
+            n = m
+            while n < above_hi and s[n] <= e[k]:  # 8-connected: touching diagonally counts
+                ra, rb = find(k), find(n)
                 if ra != rb:
                     parent[max(ra, rb)] = min(ra, rb)
+                n += 1
     labels = np.zeros((height, width), dtype=np.int32)
     roots: dict[int, int] = {}
     boxes: list[list[int]] = []
