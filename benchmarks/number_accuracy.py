@@ -9,8 +9,9 @@ number canvas, from the stroke templates ("pen") and from MNIST test digits redr
 skeletons ("mnist"), with gaps from overlapping to wide, sizes, slants, slopes and baselines
 varying. Each goes the service's way: PNG bytes -> `segment_bytes` -> one model call for all its
 crops -> `Segmentation.read`. "In a row" is the set people write when asked for a number: 2-4
-digits, gaps tight to wide. Single digits (templates and MNIST on the 384x384 digit canvas) are
-sent both ways: `preprocess` (digit mode) and `segment_bytes` (number mode).
+digits, gaps tight to wide. Single digits (templates and MNIST on the 384x384 digit canvas, MNIST
+as 28x28 bitmaps and redrawn alone on the number canvas) are sent both ways: `preprocess` (digit
+mode) and `segment_bytes` (number mode).
 """
 
 from __future__ import annotations
@@ -26,11 +27,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from classifier.ml.canvas import render_canvas, render_template, to_png  # noqa: E402
+from classifier.ml.canvas import (  # noqa: E402
+    render_bitmap_png,
+    render_canvas,
+    render_template,
+    to_png,
+)
 from classifier.ml.data import load_test_split  # noqa: E402
 from classifier.ml.inference import Predictor  # noqa: E402
 from classifier.ml.input import ImageError  # noqa: E402
-from classifier.ml.numbers import GAPS, mnist_number, template_number  # noqa: E402
+from classifier.ml.numbers import (  # noqa: E402
+    GAPS,
+    draw_number,
+    mnist_number,
+    mnist_strokes,
+    template_number,
+)
 from classifier.ml.preprocessing import preprocess  # noqa: E402
 from classifier.ml.segmentation import segment_bytes  # noqa: E402
 
@@ -157,6 +169,28 @@ def main() -> int:
             total += 1
         print(
             f"  {source:<6} digit mode {100 * right['digit mode'] / total:6.2f}%   "
+            f"number mode {100 * right['number mode'] / total:6.2f}%   ({total} digits)"
+        )
+    # More single digits, from their own generator (the sets above stay as they were): MNIST
+    # test digits as the 28x28 bitmaps other clients send, and redrawn alone on the number canvas.
+    singles = np.random.default_rng(args.seed + 1)
+    print(f"\nSingle MNIST test digits ({args.singles // 2} each), read both ways:")
+    for source in ("28x28 bitmap", "768x384 number canvas"):
+        right = {"digit mode": 0, "number mode": 0}
+        for _ in range(args.singles // 2):
+            index = int(singles.integers(0, len(mnist_labels)))
+            label = int(mnist_labels[index])
+            if source == "28x28 bitmap":
+                png = render_bitmap_png(mnist_images[index])
+            else:
+                strokes = [mnist_strokes(mnist_images[index])]
+                png = to_png(draw_number(strokes, str(label), singles, gap="normal").image)
+            as_digit = int(predictor.predict_proba(preprocess(png)[None])[0].argmax())
+            right["digit mode"] += as_digit == label
+            right["number mode"] += read(predictor, png) == str(label)
+        total = args.singles // 2
+        print(
+            f"  {source:<22} digit mode {100 * right['digit mode'] / total:6.2f}%   "
             f"number mode {100 * right['number mode'] / total:6.2f}%   ({total} digits)"
         )
     print(f"\n({time.perf_counter() - started:.0f} s, one torch thread)")
