@@ -23,6 +23,12 @@ of its own; it is stopped at the end. Everything stays on the loopback interface
 `runstack --workers N`, and says how the work divided: per worker, the batches, images and
 answers it served (from its Prometheus metrics, at the URL its heartbeat lists in /readyz) and
 its CPU time; then a summary, one line per worker count and phase.
+
+`--expect digit,number,...` sets what each phase's requests read: "number" phases send numbers
+of `--number-length` digits drawn with the stroke templates on the page's number canvas
+(384x192, as the page exports it), ask `"expect": "number"` and check the number read. Phases
+alternating between the two, at one client, compare a number's latency with a digit's in one
+run on the same machine load.
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ django.setup()
 import websockets  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from classifier.ml.canvas import render_canvas_png, render_template_png  # noqa: E402
+from classifier.ml.canvas import render_canvas_png, render_template_png, to_png  # noqa: E402
 from classifier.ml.data import DataError, load_test_split  # noqa: E402
 from classifier.serving import protocol  # noqa: E402
 from classifier.serving.protocol import PREDICT_PATH  # noqa: E402
@@ -74,6 +80,8 @@ from digits_site.devstack import free_port  # noqa: E402
 
 # The size of the canvas export the page sends (frontend/static/frontend/app.js, EXPORT_SIZE).
 PAGE_EXPORT_SIZE = 192
+# The number canvas's export (app.js, NUMBER_EXPORT): twice as wide, as high.
+NUMBER_EXPORT_SIZE = (2 * PAGE_EXPORT_SIZE, PAGE_EXPORT_SIZE)
 STACK_START_TIMEOUT = 180.0
 TIMING_NAMES = ("queue", "preprocess", "inference", "worker", "server")
 # The default phases' intervals (ms; 0: closed loop), for the default three --clients phases.
@@ -89,7 +97,25 @@ class Images:
 
     urls: list[str]
     pngs: list[bytes]
-    labels: list[int]
+    labels: list[int] | list[str]
+    expect: str = protocol.EXPECT_DIGIT  # "number": the labels are the numbers' digits
+
+
+def make_numbers(count: int, seed: int, length: int) -> Images:
+    """Numbers of `length` digits drawn from the stroke templates on the number canvas, with the
+    gaps people leave when writing in a row."""
+    from classifier.ml.numbers import template_number
+
+    rng = np.random.default_rng(seed)
+    pngs: list[bytes] = []
+    labels: list[str] = []
+    for n in range(count):
+        gap = ("tight", "normal", "wide")[n % 3]
+        number = template_number(rng, length, gap=gap, size=NUMBER_EXPORT_SIZE)
+        pngs.append(to_png(number.image))
+        labels.append(number.label)
+    urls = ["data:image/png;base64," + base64.b64encode(png).decode("ascii") for png in pngs]
+    return Images(urls, pngs, labels, protocol.EXPECT_NUMBER)
 
 
 def make_images(count: int, seed: int, data_dir: Path) -> tuple[Images, str]:
@@ -250,6 +276,7 @@ class PhaseResult:
     clients: int
     inflight: int
     interval: float  # seconds between a client's sends; 0: closed loop
+    expect: str = protocol.EXPECT_DIGIT
     window: float = 0.0  # seconds measured (after the warm-up)
     sent: int = 0
     skipped: int = 0  # open loop: ticks skipped because the client had `inflight` outstanding
@@ -310,7 +337,9 @@ async def _run_client(
     `inflight` are outstanding, as the page does while a stroke grows (a tick at the cap is
     skipped, as the page skips it), which measures latency at a given offered load.
     """
-    in_flight: dict[str, tuple[float, int]] = {}  # id -> (sent at, label)
+    in_flight: dict[str, tuple[float, int | str]] = {}  # id -> (sent at, label)
+    number = images.expect == protocol.EXPECT_NUMBER
+    expect = f',"expect":"{images.expect}"' if number else ""
     count = 0
     sending = True
     settled = asyncio.Event()  # nothing more to send, nothing in flight
@@ -326,7 +355,7 @@ async def _run_client(
         in_flight[request_id] = (time.perf_counter(), images.labels[index])
         result.sent += 1
         await connection.send(
-            f'{{"type":"predict","id":"{request_id}","image":"{images.urls[index]}"}}'
+            f'{{"type":"predict","id":"{request_id}","image":"{images.urls[index]}"{expect}}}'
         )
 
     def check_settled() -> None:
@@ -352,7 +381,7 @@ async def _run_client(
                 if clock.measure_from <= sent_at and received <= clock.stop_sending:
                     result.measured += 1
                     result.latencies.append((received - sent_at) * 1000)
-                    result.correct += answer["digit"] == label
+                    result.correct += answer["number" if number else "digit"] == label
                     result.batches.append(answer.get("batch", 1))
                     for key, value in answer.get("timings_ms", {}).items():
                         result.timings.setdefault(key, []).append(value)
@@ -401,7 +430,7 @@ async def run_phase(
     max_requests: int,
     service: Service,
 ) -> PhaseResult:
-    result = PhaseResult(clients, inflight, interval)
+    result = PhaseResult(clients, inflight, interval, images.expect)
     result.load_before = os.getloadavg()
     processes = {**service.processes, "clients": os.getpid()}
     connections = await asyncio.gather(
@@ -642,11 +671,13 @@ def print_phase(result: PhaseResult) -> None:
         )
     else:
         mode = f"{result.clients:>3} clients x {result.inflight} in flight (closed loop)"
+    if result.expect != protocol.EXPECT_DIGIT:
+        mode += f", {result.expect}s"
     print(
         f"{mode}: {result.rate:7.1f} predictions/s  "
         f"p50 {_percentile(lat, 50):6.1f}  p95 {_percentile(lat, 95):6.1f}  "
         f"p99 {_percentile(lat, 99):6.1f}  max {max(lat, default=float('nan')):6.1f} ms  "
-        f"errors {errors} lost {result.lost}  digit correct {accuracy:5.1f}%"
+        f"errors {errors} lost {result.lost}  {result.expect} correct {accuracy:5.1f}%"
     )
     timings = "  ".join(
         f"{name} {statistics.median(result.timings[name]):.1f}"
@@ -745,6 +776,22 @@ def _counts(text: str, name: str, minimum: int = 1) -> list[int]:
     return values
 
 
+def print_number_ratio(results: list[PhaseResult]) -> None:
+    """A number's latency against a digit's at one client, each pooled over its phases (run
+    alternately, so both saw the same machine load)."""
+    pooled: dict[str, list[float]] = {}
+    for result in results:
+        if result.clients == 1:
+            pooled.setdefault(result.expect, []).extend(result.latencies)
+    digit = pooled.get(protocol.EXPECT_DIGIT)
+    number = pooled.get(protocol.EXPECT_NUMBER)
+    if not digit or not number:
+        return
+    for q in (50, 95):
+        a, b = _percentile(number, q), _percentile(digit, q)
+        print(f"One client, p{q}: number {a:.1f} ms / digit {b:.1f} ms = {a / b:.2f}x")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -786,6 +833,19 @@ def main() -> int:
         "stroke grows (every 150 ms, at most 2 in flight); 0: closed loop, a new request as "
         "each answer comes. One value per phase or one for all (default: 0,125,0 for the "
         "three default phases, else 0)",
+    )
+    parser.add_argument(
+        "--expect",
+        type=lambda t: t.split(","),
+        default=[protocol.EXPECT_DIGIT],
+        help='what each phase\'s requests read, "digit" or "number", one value per phase or one '
+        "for all (default: digit)",
+    )
+    parser.add_argument(
+        "--number-length",
+        type=int,
+        default=4,
+        help="digits of the numbers number phases send (default: 4)",
     )
     parser.add_argument(
         "--workers",
@@ -836,8 +896,13 @@ def main() -> int:
     if args.interval is None:
         args.interval = DEFAULT_INTERVALS if phases == len(DEFAULT_INTERVALS) else [0]
     intervals = args.interval if len(args.interval) > 1 else args.interval * phases
-    if len(inflight) != phases or len(intervals) != phases:
-        parser.error("--inflight and --interval need one value, or one per --clients phase")
+    expects = args.expect if len(args.expect) > 1 else args.expect * phases
+    if len(inflight) != phases or len(intervals) != phases or len(expects) != phases:
+        parser.error(
+            "--inflight, --interval and --expect need one value, or one per --clients phase"
+        )
+    if not set(expects) <= set(protocol.EXPECTS):
+        parser.error(f"--expect takes {' or '.join(protocol.EXPECTS)}")
     if args.url and args.workers:
         parser.error("--workers starts its own stacks: not with --url")
 
@@ -845,14 +910,22 @@ def main() -> int:
     print(f"Machine: {machine_line()}")
     mean_bytes = np.mean([len(png) for png in images.pngs])
     print(f"Images: {len(images.urls)} {source}, mean PNG {mean_bytes:.0f} B")
+    by_expect = {protocol.EXPECT_DIGIT: images}
+    if protocol.EXPECT_NUMBER in expects:
+        by_expect[protocol.EXPECT_NUMBER] = make_numbers(args.images, args.seed, args.number_length)
+        mean_bytes = np.mean([len(png) for png in by_expect[protocol.EXPECT_NUMBER].pngs])
+        print(
+            f"Numbers: {args.images} of {args.number_length} digits from the stroke templates, "
+            f"{NUMBER_EXPORT_SIZE[0]}x{NUMBER_EXPORT_SIZE[1]}, mean PNG {mean_bytes:.0f} B"
+        )
     drain = settings.DIGITS_REQUEST_TIMEOUT + 2.0
 
     def measure(service: Service) -> list[PhaseResult]:
         results = []
-        for clients, k, ms in zip(args.clients, inflight, intervals, strict=True):
+        for clients, k, ms, expect in zip(args.clients, inflight, intervals, expects, strict=True):
             result = asyncio.run(
                 run_phase(
-                    images, clients, k, ms / 1000, args.duration, args.warmup, drain,
+                    by_expect[expect], clients, k, ms / 1000, args.duration, args.warmup, drain,
                     args.requests, service,
                 )
             )  # fmt: skip
@@ -887,6 +960,7 @@ def main() -> int:
                 service.keep_log = True
                 print(f"Errors or lost answers: the stack's log is kept at {service.log}")
 
+    print_number_ratio(results)
     if args.limit_seconds > 0:
         limit, batch = in_process_limit(images, args.limit_seconds, args.device)
         best = max(results, key=lambda r: r.rate)

@@ -314,6 +314,19 @@ BAD_FRAMES: list[BadFrame] = [
     # The image field, checked before decoding.
     _frame("no-image", lambda: predict("t4"), protocol.BAD_FRAME, "t4"),
     _frame("image-number", lambda: predict("t5", 5), protocol.BAD_FRAME, "t5"),
+    # What a predict reads: "digit" or "number", nothing else.
+    _frame(
+        "expect-words",
+        lambda: predict("t5e", good_image(), expect="words"),
+        protocol.BAD_FRAME,
+        "t5e",
+    ),
+    _frame(
+        "expect-null",
+        lambda: predict("t5n", good_image()).replace("}", ', "expect": null}'),
+        protocol.BAD_FRAME,
+        "t5n",
+    ),
     _frame(
         "image-url",
         lambda: predict("t6", "https://example.com/7.png"),

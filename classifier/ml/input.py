@@ -23,6 +23,9 @@ MAX_IMAGE_BYTES = 5 * 1024 * 1024
 MAX_IMAGE_PIXELS = 16_000_000
 MAX_IMAGE_SIDE = 8192
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+# The most digits a number (a predict with "expect": "number") may have: a phone number with its
+# country code, or an IBAN's check digits, fit; a page of scribbles does not.
+MAX_NUMBER_DIGITS = 12
 
 
 # --- Why an image cannot be read ------------------------------------------------------------------
@@ -43,3 +46,7 @@ class InvalidImageError(ImageError):
 
 class ImageTooLargeError(ImageError):
     """Over the limits in bytes or pixels."""
+
+
+class TooManyDigitsError(ImageError):
+    """A number with more than `MAX_NUMBER_DIGITS` digits."""

@@ -181,13 +181,22 @@ def _ink(grey: np.ndarray) -> np.ndarray:
     return np.clip((ink - background) / (peak - background), 0.0, 1.0)
 
 
-def to_mnist(image: Image.Image) -> np.ndarray:
-    """The 28x28 uint8 image (white ink on black) the model expects, made the way MNIST was."""
+def ink_map(image: Image.Image) -> np.ndarray:
+    """The image's ink in [0, 1] on a background of 0 (float32, the image's size), whatever its
+    polarity, colours or transparency; raises `EmptyImageError` when nothing is drawn."""
     grey, alpha = _grey_and_alpha(image)
     if alpha is not None:
         grey = _composite(grey, alpha)
-    ink = _ink(grey)
+    return _ink(grey).astype(np.float32, copy=False)
 
+
+def to_mnist(image: Image.Image) -> np.ndarray:
+    """The 28x28 uint8 image (white ink on black) the model expects, made the way MNIST was."""
+    return ink_to_mnist(ink_map(image))
+
+
+def ink_to_mnist(ink: np.ndarray) -> np.ndarray:
+    """`to_mnist` of an ink map (`ink_map`'s scale): also how each digit of a number is made."""
     mask = ink >= INK_THRESHOLD
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))

@@ -9,6 +9,10 @@ meaning predict): a feedback image is preprocessed and scored with the others, i
 call, so the correction is stored with what the served model says of it; then it is stored
 (`classifier.corrections.save_correction`, the worker's one use of the database) and answered
 `feedback_saved`. A storage failure answers that request `internal` and nothing else.
+
+A predict with `"expect": "number"` is cut into candidate digits (classifier.ml.segmentation)
+while it is preprocessed; its crops join the batch's one model call with every other request's
+images, and the number is read back from their probabilities.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ import numpy as np
 
 from classifier.ml.inference import Predictor
 from classifier.ml.input import ImageError
-from classifier.ml.preprocessing import encode_preview, preprocess
+from classifier.ml.preprocessing import decode_image, encode_preview, preprocess
+from classifier.ml.segmentation import Segmentation, segment
 from classifier.serving import metrics, protocol
-from classifier.serving.protocol import FEEDBACK, PREDICT
+from classifier.serving.protocol import EXPECT_DIGIT, EXPECT_NUMBER, FEEDBACK, PREDICT
 
 logger = logging.getLogger(__name__)
 
@@ -49,20 +54,35 @@ class Prepared:
     error: Exception | None = None
     # The image file as sent (the base64 decoded once): what a correction stores.
     raw: bytes = b""
+    # A number's candidate digits (then `image` is None).
+    segmentation: Segmentation | None = None
+
+    def images(self) -> np.ndarray:
+        """What this request adds to the batch's model call: (N, 28, 28)."""
+        if self.segmentation is not None:
+            return self.segmentation.images()
+        return self.image[None]
 
 
-def prepare(payload: str) -> Prepared:
-    """Decode one base64 image and preprocess it; never raises."""
+def prepare(payload: str, expect: str = EXPECT_DIGIT) -> Prepared:
+    """Decode one base64 image and preprocess it (a number: cut it into candidate digits);
+    never raises."""
     t0 = time.perf_counter()
     try:
         raw = base64.b64decode(payload)
+        if expect == EXPECT_NUMBER:
+            segmentation = segment(decode_image(raw))
+            ms = (time.perf_counter() - t0) * 1000
+            return Prepared(None, ms, raw=raw, segmentation=segmentation)
         image = preprocess(raw)
     except Exception as exc:
         return Prepared(None, (time.perf_counter() - t0) * 1000, exc)
     return Prepared(image, (time.perf_counter() - t0) * 1000, raw=raw)
 
 
-def prepare_batch(payloads: Sequence[str], pool: Executor | None = None) -> list[Prepared]:
+def prepare_batch(
+    payloads: Sequence[str], pool: Executor | None = None, expects: Sequence[str] | None = None
+) -> list[Prepared]:
     """`prepare` every payload of a batch, in order; across `pool`'s threads when given.
 
     Pillow decodes and resizes, and numpy computes, with the GIL released for much of the
@@ -70,9 +90,10 @@ def prepare_batch(payloads: Sequence[str], pool: Executor | None = None) -> list
     preprocessing, which then no longer dwarfs the model call. On a busy 2-core machine they
     did not pay (benchmarks/inference_speed.py), hence DIGITS_PREPROCESS_THREADS=1 by default.
     """
+    expects = expects if expects is not None else [EXPECT_DIGIT] * len(payloads)
     if pool is None or len(payloads) < 2:
-        return [prepare(payload) for payload in payloads]
-    return list(pool.map(prepare, payloads))
+        return [prepare(payload, expect) for payload, expect in zip(payloads, expects, strict=True)]
+    return list(pool.map(prepare, payloads, expects))
 
 
 def answer_batch(
@@ -98,7 +119,9 @@ def answer_batch(
         else:
             live.append(item)
     good: list[tuple[Mapping[str, Any], Prepared]] = []
-    prepared_all = prepare_batch([i["image"] for i in live], pool)
+    prepared_all = prepare_batch(
+        [i["image"] for i in live], pool, [i.get("expect", EXPECT_DIGIT) for i in live]
+    )
     for item, prepared in zip(live, prepared_all, strict=True):
         metrics.PREPROCESS.observe(prepared.ms / 1000)
         if prepared.error is None:
@@ -114,9 +137,12 @@ def answer_batch(
         return answers
 
     metrics.BATCH_SIZE.observe(len(good))
+    stacks = [prepared.images() for _, prepared in good]
+    ends = np.cumsum([len(stack) for stack in stacks])
+    scored = int(ends[-1])
     t0 = time.perf_counter()
     try:
-        scored = predictor.predict_scored(np.stack([prepared.image for _, prepared in good]))
+        scores = predictor.predict_scored(np.concatenate(stacks))
     except Exception:
         logger.exception("The model failed on a batch of %d", len(good))
         answers.extend(
@@ -127,12 +153,12 @@ def answer_batch(
     inference_ms = (time.perf_counter() - t0) * 1000
     metrics.INFERENCE.observe(inference_ms / 1000)
 
-    version = scored.version
-    for (item, prepared), probs, is_digit in zip(
-        good, scored.probabilities, scored.is_digit, strict=True
-    ):
+    version = scores.version
+    for (item, prepared), end, stack in zip(good, ends, stacks, strict=True):
+        probs = scores.probabilities[end - len(stack) : end]
+        is_digit = scores.is_digit[end - len(stack) : end]
         if item.get("kind", PREDICT) == FEEDBACK:
-            answers.append(_store(item, prepared, probs, version))
+            answers.append(_store(item, prepared, probs[0], version))
             continue
         timings = {
             "queue": max(0.0, (started - item["sent_at"]) * 1000),
@@ -140,17 +166,47 @@ def answer_batch(
             "inference": inference_ms,
             "worker": (now() - started) * 1000,
         }
+        if prepared.segmentation is not None:
+            answers.append(
+                _number(item, prepared.segmentation, probs, is_digit, version, timings, scored)
+            )
+            continue
         frame = protocol.prediction(
             item["id"],
-            probs,
+            probs[0],
             version,
             encode_preview(prepared.image),
             timings,
-            batch=len(good),
-            is_digit=bool(is_digit),
+            batch=scored,
+            is_digit=bool(is_digit[0]),
         )
         answers.append(_answer(item, frame))
     return answers
+
+
+def _number(
+    item: Mapping[str, Any],
+    segmentation: Segmentation,
+    probabilities: np.ndarray,
+    is_digit: np.ndarray,
+    version: str,
+    timings: dict[str, float],
+    scored: int,
+) -> Answer:
+    """The answer to a number: its digits read from the crops' probabilities, each with the
+    not-a-digit decision on its crop."""
+    try:
+        digits = segmentation.read(probabilities)
+    except ImageError as exc:
+        return _error(item, protocol.image_error_code(exc), str(exc))
+    entries = [
+        protocol.number_digit(
+            d.probabilities, d.box, encode_preview(d.image), is_digit=bool(is_digit[d.crop])
+        )
+        for d in digits
+    ]
+    frame = protocol.number_prediction(item["id"], entries, version, timings, batch=scored)
+    return _answer(item, frame)
 
 
 def _store(

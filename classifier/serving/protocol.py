@@ -2,7 +2,8 @@
 
 Client → server (JSON text frames)::
 
-    {"type": "predict", "id": "<1..128 chars>", "image": "data:image/png;base64,..."}
+    {"type": "predict", "id": "<1..128 chars>", "image": "data:image/png;base64,...",
+     "expect": "digit" (the default) or "number"}
     {"type": "feedback", "id": "<1..128 chars>", "image": "data:image/png;base64,...",
      "digit": 0-9, "predicted": 0-9 or null, "model": "<version>" or null}
 
@@ -15,6 +16,9 @@ Server → client::
      "confidence": 0..1,
      "probabilities": [ten floats], "model": "<version>", "preview": "data:image/png;base64,...",
      "timings_ms": {...}, "batch": <images scored in the same model call>}
+    {"type": "prediction", "id": ..., "number": "2026" or null, "digit": 0-9 or null,
+     "digits": [{"digit", "confidence", "probabilities", "is_digit", "box", "preview"}, ...],
+     "model": ..., "timings_ms": {...}, "batch": ...}            (to "expect": "number")
     {"type": "feedback_saved", "id": ..., "duplicate": false}
     {"type": "error", "id": ... or null, "code": "<short code>", "message": "<a sentence>"}
 
@@ -37,10 +41,12 @@ from typing import Any, ClassVar
 
 from classifier.ml.input import (
     MAX_IMAGE_BYTES,
+    MAX_NUMBER_DIGITS,
     EmptyImageError,
     ImageError,
     ImageTooLargeError,
     InvalidImageError,
+    TooManyDigitsError,
 )
 
 # The websocket's path, below the site's root (classifier.serving.routing mounts it there; the
@@ -54,6 +60,12 @@ FEEDBACK = "feedback"
 PREDICTION = "prediction"
 FEEDBACK_SAVED = "feedback_saved"
 ERROR = "error"
+
+# --- What a predict reads (its `expect`) ---------------------------------------------------------
+
+EXPECT_DIGIT = "digit"  # one digit: the answer has `digit`, `confidence`, `probabilities`
+EXPECT_NUMBER = "number"  # several digits in a row: the answer has `number` and `digits`
+EXPECTS = (EXPECT_DIGIT, EXPECT_NUMBER)
 
 # --- Error codes (the `code` of an error frame) ------------------------------------------------
 
@@ -73,6 +85,7 @@ BAD_BASE64 = "bad_base64"  # the data URL's payload is not valid base64
 IMAGE_TOO_LARGE = "image_too_large"  # over the limits in bytes or pixels
 INVALID_IMAGE = "invalid_image"  # not a PNG, JPEG or WebP, or truncated or corrupt
 EMPTY = "empty"  # a blank canvas
+TOO_MANY_DIGITS = "too_many_digits"  # a number of more than MAX_NUMBER_DIGITS digits
 # The service.
 TIMEOUT = "timeout"  # no answer within DIGITS_REQUEST_TIMEOUT
 UNAVAILABLE = "unavailable"  # no worker is alive, or Redis is unreachable: nothing can answer
@@ -113,6 +126,7 @@ _IMAGE_ERROR_CODES: dict[type[ImageError], str] = {
     EmptyImageError: EMPTY,
     ImageTooLargeError: IMAGE_TOO_LARGE,
     InvalidImageError: INVALID_IMAGE,
+    TooManyDigitsError: TOO_MANY_DIGITS,
 }
 
 
@@ -143,6 +157,7 @@ class PredictRequest:
     id: str
     media_type: str
     image: str
+    expect: str = EXPECT_DIGIT
 
 
 @dataclass(frozen=True)
@@ -198,7 +213,12 @@ def parse_frame(text: str | None, data: bytes | None = None) -> Request:
         )
     media_type, payload = _parse_image(frame.get("image"), request_id)
     if kind == PREDICT:
-        return PredictRequest(id=request_id, media_type=media_type, image=payload)
+        return PredictRequest(
+            id=request_id,
+            media_type=media_type,
+            image=payload,
+            expect=_parse_expect(frame.get("expect", EXPECT_DIGIT), request_id),
+        )
     return FeedbackRequest(
         id=request_id,
         media_type=media_type,
@@ -212,6 +232,17 @@ def parse_frame(text: str | None, data: bytes | None = None) -> Request:
 def _is_digit(value: Any) -> bool:
     """An integer 0-9; JSON's true and false (Python bools, so ints) and 7.0 are not."""
     return isinstance(value, int) and not isinstance(value, bool) and value in DIGITS
+
+
+def _parse_expect(value: Any, request_id: str) -> str:
+    if value not in EXPECTS or not isinstance(value, str):
+        raise ProtocolError(
+            BAD_FRAME,
+            'The "expect" must be "digit" (one digit, the default) or "number" (several digits '
+            "in a row).",
+            request_id,
+        )
+    return value
 
 
 def _parse_label(value: Any, request_id: str) -> int:
@@ -332,6 +363,51 @@ def prediction(
         "probabilities": probs,
         "model": model,
         "preview": preview,
+        "timings_ms": {name: round(value, 3) for name, value in timings_ms.items()},
+        "batch": batch,
+    }
+
+
+def number_digit(
+    probabilities: Sequence[float],
+    box: Sequence[int],
+    preview: str,
+    is_digit: bool,
+) -> dict[str, Any]:
+    """One digit of a number answer: what the model read in the box (x0, y0, x1, y1, in the
+    image's pixels, x1 and y1 exclusive), and whether the piece is a digit at all."""
+    probs = [round(float(p), 6) for p in probabilities]
+    digit = max(range(len(probs)), key=probs.__getitem__)
+    return {
+        "digit": digit,
+        "confidence": probs[digit],
+        "probabilities": probs,
+        "is_digit": bool(is_digit),
+        "box": [int(v) for v in box],
+        "preview": preview,
+    }
+
+
+def number_prediction(
+    request_id: str,
+    digits: Sequence[dict[str, Any]],
+    model: str,
+    timings_ms: dict[str, float],
+    batch: int = 1,
+) -> dict[str, Any]:
+    """A `prediction` frame for "expect": "number": the digits (from `number_digit`) in reading
+    order; `number` is null when none was found or a piece is not a digit, `digit` is the one
+    digit when exactly one was found."""
+    if len(digits) > MAX_NUMBER_DIGITS:
+        raise ValueError(f"A number has at most {MAX_NUMBER_DIGITS} digits, not {len(digits)}.")
+    readable = bool(digits) and all(d["is_digit"] for d in digits)
+    return {
+        "type": PREDICTION,
+        "id": request_id,
+        "number": "".join(str(d["digit"]) for d in digits) if readable else None,
+        "digits": list(digits),
+        "digit": digits[0]["digit"] if len(digits) == 1 and readable else None,
+        "model": model,
         "timings_ms": {name: round(value, 3) for name, value in timings_ms.items()},
         "batch": batch,
     }

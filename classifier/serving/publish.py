@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from classifier.serving.protocol import FeedbackRequest, Request
+from classifier.serving.protocol import EXPECT_DIGIT, FeedbackRequest, PredictRequest, Request
 from digits_site.celery import app
 
 # The batched task workers run (classifier.serving.tasks.predict): it answers predictions and
@@ -30,9 +30,9 @@ def task_kwargs(
 
     Every request says where to answer (the consumer's channel and its ticket for it), by when
     (`deadline`, epoch seconds) and its `kind` (`predict` or `feedback`; a message without one
-    is a predict). A feedback adds the label, what the client says it was told, the data URL's
-    media type (stored with the image) and `client_hash`, the salted hash of the client's
-    address (never the address).
+    is a predict). A predict that reads a number carries `expect` ("number"). A feedback adds
+    the label, what the client says it was told, the data URL's media type (stored with the
+    image) and `client_hash`, the salted hash of the client's address (never the address).
     """
     kwargs: dict[str, Any] = {
         "reply_channel": reply_channel,
@@ -43,6 +43,8 @@ def task_kwargs(
         "deadline": deadline,
         "sent_at": sent_at,
     }
+    if isinstance(request, PredictRequest) and request.expect != EXPECT_DIGIT:
+        kwargs["expect"] = request.expect  # a missing `expect` is a digit, as before numbers
     if isinstance(request, FeedbackRequest):
         kwargs.update(
             {

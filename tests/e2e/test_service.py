@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import websockets
 from django.conf import settings
@@ -76,6 +77,43 @@ def test_a_drawn_digit_comes_back_as_that_digit(stack: Stack) -> None:
     for digit in range(10):
         check_prediction(answers[f"mnist-{digit}"], digit, model)
         check_prediction(answers[f"pen-{digit}"], digit, model)
+
+
+def test_a_written_number_comes_back_digit_by_digit_beside_a_digit(stack: Stack) -> None:
+    """A number drawn on the page's 768x384 number canvas, sent with "expect": "number" on the
+    socket that also asks for a digit: the real worker reads it whole, left to right, with boxes
+    in the image's pixels; the digit is answered as ever."""
+    import json
+
+    from classifier.ml.canvas import to_png
+    from classifier.ml.numbers import draw_number, template_strokes
+    from tests.helpers import data_url
+
+    rng = np.random.default_rng(0)
+    drawn = draw_number([template_strokes(int(d), rng) for d in "2026"], "2026", rng, "normal")
+    frame = {
+        "type": "predict",
+        "id": "year",
+        "image": data_url(to_png(drawn.image)),
+        "expect": "number",
+    }
+
+    async def scenario() -> dict[str, dict[str, Any]]:
+        async with stack.client() as client:
+            await client.send_raw(json.dumps(frame))
+            await client.send_image("seven", render_template_png(7))
+            return await client.receive_many(2)
+
+    answers = asyncio.run(scenario())
+    number = answers["year"]
+    assert number["type"] == protocol.PREDICTION, number
+    assert (number["number"], number["digit"]) == ("2026", None)
+    assert number["model"] == current_version(stack)
+    assert "server" in number["timings_ms"]
+    for digit, (x0, y0, x1, y1) in zip(number["digits"], drawn.boxes, strict=True):
+        cx, cy = (digit["box"][0] + digit["box"][2]) / 2, (digit["box"][1] + digit["box"][3]) / 2
+        assert x0 <= cx <= x1 and y0 <= cy <= y1
+    check_prediction(answers["seven"], 7, current_version(stack))
 
 
 def test_white_ink_on_black_and_jpeg_work_too(stack: Stack) -> None:

@@ -266,3 +266,114 @@ def test_a_database_error_fails_only_that_correction(
     assert failed and failed[0].exc_info is not None
     assert "disk I/O error" in str(failed[0].exc_info[1])
     assert not Correction.objects.exists()
+
+
+# --- Numbers: every crop of every request in the batch's one model call -----------------------
+
+
+def number_item(request_id: str, image: bytes, deadline_in: float = 60.0) -> dict[str, Any]:
+    """Task kwargs of a predict that expects a number, as `publish.task_kwargs` builds them."""
+    request = protocol.PredictRequest(
+        id=request_id,
+        media_type="image/png",
+        image=base64.b64encode(image).decode(),
+        expect=protocol.EXPECT_NUMBER,
+    )
+    kwargs = publish.task_kwargs(
+        request,
+        f"channel-{request_id}",
+        hash(request_id) % 1000,
+        time.time() + deadline_in,
+        "",
+        time.time() - 0.001,
+    )
+    assert kwargs["expect"] == protocol.EXPECT_NUMBER
+    return kwargs
+
+
+def drawn_number_png(label: str, gap: str = "normal", seed: int = 0) -> tuple[bytes, list]:
+    """A number drawn with the stroke generator on the page's 768x384 canvas, and its boxes."""
+    from classifier.ml import numbers
+    from classifier.ml.canvas import to_png
+
+    rng = np.random.default_rng(seed)
+    strokes = [numbers.template_strokes(int(d), rng) for d in label]
+    drawn = numbers.draw_number(strokes, label, rng, gap=gap)
+    return to_png(drawn.image), drawn.boxes
+
+
+@pytest.mark.django_db
+def test_numbers_digits_and_feedback_share_one_model_call(predictor: Predictor) -> None:
+    """Two numbers, a digit and a correction in one batch: the numbers' crops (pieces and
+    candidate cuts) and the two other images are scored in one model call; each number is read
+    left to right with its boxes, the digit answered as ever, the correction stored."""
+    from classifier.ml.segmentation import segment_bytes
+
+    counting = CountingPredictor(predictor)
+    year, year_boxes = drawn_number_png("2026")
+    pin, _ = drawn_number_png("47", gap="overlap", seed=4)
+    items = [
+        number_item("year", year),
+        item("four", render_digit_png(4)),
+        feedback_item("fix", render_digit_png(7), label=7),
+        number_item("pin", pin),
+    ]
+    by_id = frames(answer_batch(items, counting))  # type: ignore[arg-type]
+
+    crops = len(segment_bytes(year).crops) + len(segment_bytes(pin).crops)
+    assert crops > 6, "the touching 47 adds candidate cuts"
+    assert counting.batches == [crops + 2]
+    year_answer = by_id["year"]
+    assert year_answer["type"] == protocol.PREDICTION
+    assert (year_answer["number"], year_answer["digit"]) == ("2026", None)
+    assert year_answer["model"] == predictor.version
+    assert year_answer["batch"] == crops + 2
+    assert set(year_answer["timings_ms"]) == {"queue", "preprocess", "inference", "worker"}
+    for digit, box in zip(year_answer["digits"], year_boxes, strict=True):
+        assert digit["is_digit"] is True
+        assert digit["preview"].startswith("data:image/png;base64,")
+        assert len(digit["probabilities"]) == 10
+        x0, y0, x1, y1 = digit["box"]
+        centre = ((x0 + x1) / 2, (y0 + y1) / 2)
+        assert box[0] <= centre[0] <= box[2] and box[1] <= centre[1] <= box[3]
+    assert by_id["pin"]["number"] == "47"
+    assert (by_id["four"]["digit"], "number" in by_id["four"]) == (4, False)
+    assert by_id["fix"]["type"] == protocol.FEEDBACK_SAVED
+
+
+def test_a_single_digit_in_number_mode_reads_as_in_digit_mode(predictor: Predictor) -> None:
+    png = render_digit_png(3)
+    by_id = frames(answer_batch([item("digit", png), number_item("number", png)], predictor))
+    digit, number = by_id["digit"], by_id["number"]
+    assert number["number"] == "3" and number["digit"] == digit["digit"] == 3
+    assert abs(number["digits"][0]["confidence"] - digit["confidence"]) < 0.05
+
+
+def test_blank_and_too_long_numbers_are_errors_and_fail_alone(predictor: Predictor) -> None:
+    from classifier.ml import numbers
+    from classifier.ml.canvas import to_png
+
+    rng = np.random.default_rng(0)
+    long_one = numbers.draw_number(
+        [numbers.template_strokes(d % 10, rng) for d in range(13)],
+        "0123456789012",
+        rng,
+        gap="wide",
+        size=(3000, 300),
+    )
+    counting = CountingPredictor(predictor)
+    year, _ = drawn_number_png("2026")
+    by_id = frames(
+        answer_batch(
+            [
+                number_item("blank", blank_png()),
+                number_item("long", to_png(long_one.image)),
+                number_item("year", year),
+            ],
+            counting,  # type: ignore[arg-type]
+        )
+    )
+    assert by_id["blank"]["code"] == protocol.EMPTY
+    assert by_id["long"]["code"] == protocol.TOO_MANY_DIGITS
+    assert by_id["year"]["number"] == "2026"
+    assert len(counting.batches) <= 1

@@ -391,6 +391,48 @@ def test_hostile_images_pass_the_consumer_unopened_and_get_the_workers_answers(
         assert hostile.accepts(answer["code"]), (hostile.name, answer)
 
 
+# --- Numbers ------------------------------------------------------------------------------------
+
+
+def test_a_number_request_is_queued_with_its_expect_and_its_answer_forwarded(
+    service: Service, worker: Heartbeat
+) -> None:
+    """ "expect": "number" travels to the worker in the task's kwargs (a digit's kwargs stay as
+    they were), the worker's number answer comes back unchanged but for the server's time, and
+    an unknown `expect` is refused at once, never queued."""
+    answer = protocol.number_prediction(
+        "year",
+        [protocol.number_digit([0.0] * 9 + [1.0], (1, 2, 3, 4), "data:,", True)],
+        "test-model",
+        {"worker": 1.0},
+    )
+
+    async def scenario() -> tuple[Queued, Queued, dict[str, Any], dict[str, Any], bool]:
+        async with service.socket() as socket:
+            image = data_url(digit_png(9))
+            await socket.send(
+                json.dumps({"type": "predict", "id": "year", "image": image, "expect": "number"})
+            )
+            number = await service.published.next()
+            await socket.predict("digit")
+            digit = await service.published.next()
+            await service.answer(number, answer)
+            forwarded = await socket.receive()
+            await socket.send(
+                json.dumps({"type": "predict", "id": "odd", "image": image, "expect": "words"})
+            )
+            refused = await socket.receive()
+            return number, digit, forwarded, refused, not service.published.taken()
+
+    number, digit, forwarded, refused, nothing_else = service.run(scenario)
+    assert number.task_kwargs()["expect"] == protocol.EXPECT_NUMBER
+    assert "expect" not in digit.task_kwargs()
+    assert forwarded["number"] == "9" and forwarded["digits"] == answer["digits"]
+    assert "server" in forwarded["timings_ms"]
+    assert (refused["code"], refused["id"]) == (protocol.BAD_FRAME, "odd")
+    assert nothing_else
+
+
 # --- Feedback -----------------------------------------------------------------------------------
 
 

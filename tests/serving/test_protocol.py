@@ -350,3 +350,60 @@ def test_any_json_object_is_parsed_or_refused(fields: dict[str, object]) -> None
 )
 def test_any_data_url_is_parsed_or_refused(media_type: str, params: str, payload: str) -> None:
     _parse_or_refuse(frame(image=f"data:{media_type};{params};base64,{payload}"))
+
+
+# --- Numbers -------------------------------------------------------------------------------------
+
+
+def test_a_predict_reads_a_digit_unless_it_expects_a_number() -> None:
+    assert protocol.parse_frame(frame()).expect == protocol.EXPECT_DIGIT
+    assert protocol.parse_frame(frame(expect="digit")).expect == protocol.EXPECT_DIGIT
+    assert protocol.parse_frame(frame(expect="number")).expect == protocol.EXPECT_NUMBER
+    error = refused(frame(expect="Number"))
+    assert (error.code, error.request_id) == (protocol.BAD_FRAME, "r1")
+    assert refused(frame(expect=["number"])).code == protocol.BAD_FRAME
+
+
+def entry(digit: int, is_digit: bool = True, box: tuple[int, ...] = (0, 0, 10, 20)) -> dict:
+    probabilities = [0.0] * 10
+    probabilities[digit] = 1.0
+    return protocol.number_digit(probabilities, box, "data:image/png;base64,", is_digit)
+
+
+def test_a_number_answer_reads_its_digits_in_order() -> None:
+    digit = entry(2, box=(1, 2, 30, 40))
+    assert digit == {
+        "digit": 2,
+        "confidence": 1.0,
+        "probabilities": [0.0, 0.0, 1.0] + [0.0] * 7,
+        "is_digit": True,
+        "box": [1, 2, 30, 40],
+        "preview": "data:image/png;base64,",
+    }
+    answer = protocol.number_prediction(
+        "n1", [entry(2), entry(0), entry(2), entry(6)], "m", {"worker": 1.23456}, batch=9
+    )
+    assert answer["type"] == protocol.PREDICTION and answer["id"] == "n1"
+    assert answer["number"] == "2026" and answer["digit"] is None
+    assert [d["digit"] for d in answer["digits"]] == [2, 0, 2, 6]
+    assert (answer["model"], answer["timings_ms"], answer["batch"]) == ("m", {"worker": 1.235}, 9)
+    json.loads(protocol.encode(answer))
+
+
+def test_one_digit_is_also_the_digit_and_a_piece_that_is_no_digit_leaves_no_number() -> None:
+    one = protocol.number_prediction("n", [entry(7)], "m", {})
+    assert (one["number"], one["digit"]) == ("7", 7)
+    unreadable = protocol.number_prediction("n", [entry(1), entry(3, is_digit=False)], "m", {})
+    assert unreadable["number"] is None
+    assert [d["is_digit"] for d in unreadable["digits"]] == [True, False]
+    assert protocol.number_prediction("n", [], "m", {})["number"] is None
+
+
+def test_a_number_has_at_most_the_maximum_of_digits() -> None:
+    from classifier.ml.input import MAX_NUMBER_DIGITS, TooManyDigitsError
+
+    most = [entry(d % 10) for d in range(MAX_NUMBER_DIGITS)]
+    assert len(protocol.number_prediction("n", most, "m", {})["number"]) == MAX_NUMBER_DIGITS
+    with pytest.raises(ValueError):
+        protocol.number_prediction("n", [*most, entry(0)], "m", {})
+    assert protocol.image_error_code(TooManyDigitsError("x")) == protocol.TOO_MANY_DIGITS

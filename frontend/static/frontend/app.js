@@ -6,6 +6,10 @@
 //
 // Feedback: once an answer describes the drawing on the pad, "Right" or "it was: 0…9" (or a
 // digit key) sends that drawing's image back with the true digit, once per drawing.
+//
+// "A number" mode: a pad twice as wide as high, requests that expect a number; the answer's
+// digits go in #prediction, a box over each digit on the pad, and the bars and 28x28 image of
+// the digit hovered (on the pad or in the number) or tapped. Feedback is for single digits.
 
 import { DrawingPad } from "./drawing.js";
 import { PredictionClient, STATE, socketUrl } from "./predictions.js";
@@ -13,6 +17,8 @@ import { PredictionClient, STATE, socketUrl } from "./predictions.js";
 /** Side of the PNG sent to the server. The server crops the ink and shrinks it to 20 pixels,
  * so more resolution buys nothing but bytes; this keeps a frame to a few kilobytes. */
 const EXPORT_SIZE = 192;
+/** The pad's width over its height in each mode (the export keeps EXPORT_SIZE's height). */
+const ASPECT = { digit: 1, number: 2 };
 /** Minimum time between two live predictions during one stroke. */
 const LIVE_INTERVAL_MS = 150;
 /** Live requests in flight at once; more would only queue behind each other. */
@@ -34,8 +40,14 @@ const FEEDBACK_TEXT = {
   offline: "Not saved: not connected. Try again once the connection is back.",
 };
 
+const HINT_TEXT = {
+  digit: "Draw one digit, 0 to 9, with a mouse, finger or pen. The answer updates as you draw.",
+  number: "Write a number, digits side by side, with a mouse, finger or pen. The answer updates as you draw.",
+};
+
 const ERROR_TEXT = {
   empty: "Draw a digit first: the canvas is blank.",
+  too_many_digits: "Too many digits: a number may have at most 12.",
   rate_limited: "Too many requests at once. Slow down a little; the page asks again in a moment.",
   busy: "The server is busy. The page asks again in a moment.",
   unavailable: "No model worker is running, so nobody can answer. Start a worker and try again.",
@@ -72,6 +84,9 @@ const ui = {
   feedbackRight: $("feedback-right"),
   feedbackDigits: [...document.querySelectorAll("#feedback [data-digit]")],
   feedbackStatus: $("feedback-status"),
+  hint: $("pad-hint"),
+  boxes: $("boxes"),
+  modes: [...document.querySelectorAll('input[name="mode"]')],
 };
 const feedbackButtons = [ui.feedbackRight, ...ui.feedbackDigits];
 
@@ -91,6 +106,10 @@ let feedbackInFlight = null;
 /** The pad version whose feedback was saved: one feedback per drawing. */
 let savedVersion = -1;
 let thanksTimer = 0;
+/** "digit" or "number": what the pad's drawing is read as. */
+let mode = "digit";
+/** The digits of the number on screen (number mode), or null. */
+let shownDigits = null;
 
 const pad = new DrawingPad(ui.canvas, { onChange: padChanged });
 const client = new PredictionClient(socketUrl(document.body.dataset.wsPath), {
@@ -134,7 +153,8 @@ function send() {
   liveTimer = 0;
   // The image rides along in the context: feedback on the answer sends the very same one.
   const image = pad.toDataURL(EXPORT_SIZE);
-  client.predict(image, { version: pad.version, image });
+  const exported = { width: Math.round(EXPORT_SIZE * pad.aspect), height: EXPORT_SIZE };
+  client.predict(image, { version: pad.version, image, mode, exported }, mode);
   sentVersion = pad.version;
   lastSentAt = performance.now();
   ui.answer.setAttribute("aria-busy", "true");
@@ -180,6 +200,11 @@ function requestSettled(pending) {
 }
 
 function showAnswer(answer, request) {
+  if (request.context.mode !== mode) return; // asked before the mode changed
+  if (Array.isArray(answer.digits)) {
+    showNumber(answer, request);
+    return;
+  }
   const probabilities = answer.probabilities ?? [];
   const ranked = probabilities.map((p, digit) => [p, digit]).sort((a, b) => b[0] - a[0]);
   // The model's score says it is no digit at all: say so, and grey the bars.
@@ -214,9 +239,96 @@ function showAnswer(answer, request) {
   say("");
 }
 
+function showNumber(answer, request) {
+  const digits = answer.digits;
+  ui.prediction.replaceChildren(
+    ...digits.map((d, index) => {
+      const span = document.createElement("span");
+      span.className = "number-digit";
+      span.textContent = d.is_digit ? String(d.digit) : "?";
+      span.tabIndex = 0;
+      span.title = `${percent(d.confidence)} sure`;
+      span.addEventListener("pointerenter", () => selectDigit(index));
+      span.addEventListener("focus", () => selectDigit(index));
+      span.addEventListener("click", () => selectDigit(index));
+      return span;
+    }),
+  );
+  const { width, height } = request.context.exported;
+  ui.boxes.replaceChildren(
+    ...digits.map(({ box: [x0, y0, x1, y1] }) => {
+      const div = document.createElement("div");
+      div.className = "box";
+      div.style.left = `${(100 * x0) / width}%`;
+      div.style.top = `${(100 * y0) / height}%`;
+      div.style.width = `${(100 * (x1 - x0)) / width}%`;
+      div.style.height = `${(100 * (y1 - y0)) / height}%`;
+      return div;
+    }),
+  );
+  shownDigits = digits;
+  if (digits.length) {
+    const least = Math.min(...digits.map((d) => d.confidence));
+    const count = digits.length === 1 ? "1 digit" : `${digits.length} digits`;
+    ui.confidence.textContent = `${count}, the least sure ${percent(least)}`;
+    selectDigit(0);
+  } else {
+    ui.confidence.textContent = "";
+  }
+  ui.model.textContent = answer.model || "unknown";
+  ui.latency.textContent = `· answered in ${Math.round(performance.now() - request.sentAt)} ms`;
+  ui.answer.dataset.requestId = String(request.id);
+  shownVersion = request.context.version;
+  answered = null; // feedback is for single digits
+  updateFeedback();
+  say("");
+}
+
+/** Show one digit of the number: its bars and image, its box and its place in the number. */
+function selectDigit(index) {
+  const digit = shownDigits?.[index];
+  if (!digit) return;
+  ui.bars.forEach((li, d) => setBar(li, digit.probabilities[d] ?? 0, d === digit.digit));
+  if (digit.preview) {
+    ui.preview.src = digit.preview;
+    ui.preview.hidden = false;
+  }
+  [...ui.boxes.children].forEach((box, i) => box.classList.toggle("selected", i === index));
+  [...ui.prediction.children].forEach((s, i) => s.classList.toggle("selected", i === index));
+  ui.answer.dataset.selected = String(index);
+}
+
+/** Hovering the pad (not drawing) over a digit's box selects that digit. */
+function hoverPad(e) {
+  if (!shownDigits || pad.isDrawing || e.pointerType !== "mouse") return;
+  const rect = ui.canvas.getBoundingClientRect();
+  const x = (e.clientX - rect.left) / rect.width;
+  const y = (e.clientY - rect.top) / rect.height;
+  [...ui.boxes.children].forEach((box, index) => {
+    const left = parseFloat(box.style.left) / 100;
+    const top = parseFloat(box.style.top) / 100;
+    const right = left + parseFloat(box.style.width) / 100;
+    const bottom = top + parseFloat(box.style.height) / 100;
+    if (x >= left && x <= right && y >= top && y <= bottom) selectDigit(index);
+  });
+}
+
+function setMode(next) {
+  if (next === mode) return;
+  mode = next;
+  document.body.dataset.mode = mode;
+  ui.hint.textContent = HINT_TEXT[mode];
+  client.discardPending();
+  pad.setAspect(ASPECT[mode]);
+  showNothing();
+}
+
 function showError(error, request) {
-  if (error.code === "empty") clearAnswer();
-  say(ERROR_TEXT[error.code] ?? error.message ?? `Something went wrong (${error.code}).`);
+  if (request && request.context.mode !== mode) return;
+  if (error.code === "empty" || error.code === "too_many_digits") clearAnswer();
+  let text = ERROR_TEXT[error.code] ?? error.message ?? `Something went wrong (${error.code}).`;
+  if (error.code === "empty" && mode === "number") text = "Draw a number first: the canvas is blank.";
+  say(text);
   ui.message.dataset.code = error.code ?? "";
   if (RETRY_CODES.has(error.code)) {
     // The drawing still waits for its answer: ask again shortly.
@@ -238,6 +350,9 @@ function clearAnswer() {
   ui.prediction.textContent = "";
   ui.prediction.classList.remove("not-digit");
   ui.probabilities.classList.remove("not-digit");
+  ui.boxes.replaceChildren();
+  shownDigits = null;
+  delete ui.answer.dataset.selected;
   ui.confidence.textContent = "";
   ui.bars.forEach((li) => setBar(li, 0, false));
   ui.preview.hidden = true;
@@ -326,6 +441,10 @@ function connectionChanged(state, { retryInMs } = {}) {
 }
 
 ui.predict.addEventListener("click", predictNow);
+ui.canvas.addEventListener("pointermove", hoverPad);
+for (const input of ui.modes) {
+  input.addEventListener("change", () => input.checked && setMode(input.value));
+}
 ui.undo.addEventListener("click", () => pad.undo());
 ui.reset.addEventListener("click", () => pad.clear());
 ui.feedbackRight.addEventListener("click", () => sendFeedback(answered?.digit));
@@ -369,6 +488,8 @@ function isTextField(target) {
   return target instanceof Element && target.closest("input, textarea, select, [contenteditable]");
 }
 
+document.body.dataset.mode = mode;
+for (const input of ui.modes) input.checked = input.value === mode; // a reload may keep a choice
 clearAnswer();
 padChanged("init");
 client.connect();

@@ -5,8 +5,9 @@
 // and the image sent to the server is rendered from the same strokes at a fixed size whatever
 // the screen (a phone at 3x would otherwise send a 1000-pixel PNG).
 
-/** Brush width as a fraction of the canvas side. After the server crops the ink and scales it
- * to MNIST's 20-pixel box, a digit drawn across half the pad gets MNIST's 2-3 pixel strokes. */
+/** Brush width as a fraction of the canvas's height (its side, when square). After the server
+ * crops the ink and scales it to MNIST's 20-pixel box, a digit drawn across half the pad gets
+ * MNIST's 2-3 pixel strokes. */
 export const BRUSH = 0.065;
 
 /** Points closer than this (canvas-relative) to the previous one add nothing but cost. */
@@ -15,32 +16,32 @@ const MIN_STEP = 0.002;
 const INK = "#ffffff";
 const PAPER = "#000000";
 
-/** Paint the strokes on a square context `size` device pixels wide: black paper, white ink,
- * round caps and joins, and quadratic curves through the midpoints between samples so fast
- * strokes come out smooth instead of polygonal. */
-export function renderStrokes(ctx, size, strokes) {
+/** Paint the strokes on a context `width` by `height` device pixels (square unless `height` is
+ * given): black paper, white ink, round caps and joins, and quadratic curves through the
+ * midpoints between samples so fast strokes come out smooth instead of polygonal. */
+export function renderStrokes(ctx, width, strokes, height = width) {
   ctx.save();
   ctx.setTransform(1, 0, 0, 1, 0, 0);
   ctx.fillStyle = PAPER;
-  ctx.fillRect(0, 0, size, size);
+  ctx.fillRect(0, 0, width, height);
   ctx.strokeStyle = INK;
   ctx.fillStyle = INK;
-  ctx.lineWidth = BRUSH * size;
+  ctx.lineWidth = BRUSH * height;
   ctx.lineCap = "round";
   ctx.lineJoin = "round";
   for (const stroke of strokes) {
-    traceStroke(ctx, size, stroke);
+    traceStroke(ctx, width, height, stroke);
   }
   ctx.restore();
 }
 
-function traceStroke(ctx, size, points) {
-  const p = points.map(([x, y]) => [x * size, y * size]);
+function traceStroke(ctx, width, height, points) {
+  const p = points.map(([x, y]) => [x * width, y * height]);
   if (p.length === 0) return;
   ctx.beginPath();
   if (p.length === 1) {
     // A tap is a dot, as wide as the brush.
-    ctx.arc(p[0][0], p[0][1], (BRUSH * size) / 2, 0, Math.PI * 2);
+    ctx.arc(p[0][0], p[0][1], (BRUSH * height) / 2, 0, Math.PI * 2);
     ctx.fill();
     return;
   }
@@ -56,7 +57,7 @@ function traceStroke(ctx, size, points) {
 }
 
 /**
- * A square canvas that records pointer strokes (mouse, touch and pen alike).
+ * A canvas (square, or `aspect` times as wide as high) that records pointer strokes (mouse, touch and pen alike).
  *
  * `onChange(reason)` is called with "stroke-start" when a pointer goes down, "draw" while the
  * stroke grows, "stroke-end" when it is finished, and "undo" or "clear" after those actions.
@@ -74,6 +75,8 @@ export class DrawingPad {
     this.exportCanvas = document.createElement("canvas");
     this.cssWidth = 0;
     this.watchedRatio = 0;
+    /** Width over height: 1 for a digit, 2 for a number. */
+    this.aspect = 1;
 
     canvas.addEventListener("pointerdown", (e) => this.#down(e));
     canvas.addEventListener("pointermove", (e) => this.#move(e));
@@ -115,15 +118,25 @@ export class DrawingPad {
     this.#changed("clear");
   }
 
-  /** The drawing as a PNG data URL, `size` pixels square, white ink on black. */
+  /** The drawing as a PNG data URL, `size` pixels high (and `aspect` times as wide), white
+   * ink on black. */
   toDataURL(size) {
     const out = this.exportCanvas;
-    if (out.width !== size) {
-      out.width = size;
+    const width = Math.round(size * this.aspect);
+    if (out.width !== width || out.height !== size) {
+      out.width = width;
       out.height = size;
     }
-    renderStrokes(out.getContext("2d"), size, this.strokes);
+    renderStrokes(out.getContext("2d"), width, this.strokes, size);
     return out.toDataURL("image/png");
+  }
+
+  /** Change the pad's shape (a new, blank drawing: strokes are kept in relative units). */
+  setAspect(aspect) {
+    if (aspect === this.aspect) return;
+    this.clear();
+    this.aspect = aspect;
+    this.#fit(this.canvas.getBoundingClientRect().width);
   }
 
   #resize(entry) {
@@ -136,10 +149,11 @@ export class DrawingPad {
   #fit(cssWidth) {
     this.cssWidth = cssWidth;
     const ratio = window.devicePixelRatio || 1;
-    const size = Math.round(cssWidth * ratio);
-    if (size > 0 && (this.canvas.width !== size || this.canvas.height !== size)) {
-      this.canvas.width = size;
-      this.canvas.height = size;
+    const width = Math.round(cssWidth * ratio);
+    const height = Math.round(width / this.aspect);
+    if (width > 0 && (this.canvas.width !== width || this.canvas.height !== height)) {
+      this.canvas.width = width;
+      this.canvas.height = height;
       this.render();
     }
     if (this.watchedRatio !== ratio) {
@@ -155,7 +169,7 @@ export class DrawingPad {
   render() {
     cancelAnimationFrame(this.frame);
     this.frame = 0;
-    renderStrokes(this.ctx, this.canvas.width, this.strokes);
+    renderStrokes(this.ctx, this.canvas.width, this.strokes, this.canvas.height);
   }
 
   /** Coalesce many pointer events into one repaint per display frame. */

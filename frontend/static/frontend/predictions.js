@@ -115,14 +115,17 @@ export class PredictionClient {
     if (this.retryTimer) this.connect();
   }
 
-  /** Send a canvas image; returns the request id, or null when the socket is not open. */
-  predict(image, context = null) {
+  /** Send a canvas image to read as a "digit" or a "number"; returns the request id, or null
+   * when the socket is not open. */
+  predict(image, context = null, expect = "digit") {
     if (!this.isOpen) return null;
     const id = this.nextId++;
     const request = { id, sentAt: performance.now(), context };
     request.guard = setTimeout(() => this.#settle(id), ANSWER_GUARD_MS);
     this.inFlight.set(id, request);
-    this.socket.send(JSON.stringify({ type: "predict", id: String(id), image }));
+    const frame = { type: "predict", id: String(id), image };
+    if (expect !== "digit") frame.expect = expect;
+    this.socket.send(JSON.stringify(frame));
     return id;
   }
 

@@ -1,0 +1,201 @@
+"""Reading numbers: exact-number and per-digit accuracy by length and by gap, and single digits
+read in number mode against digit mode.
+
+    .venv/bin/python benchmarks/number_accuracy.py [--count 300] [--lengths 2-8] [--seed 0]
+        [--data-dir DIR] [--weights PATH]
+
+Numbers are drawn by the project's generator (classifier/ml/numbers.py) on the page's 768x384
+number canvas, from the stroke templates ("pen") and from MNIST test digits redrawn along their
+skeletons ("mnist"), with gaps from overlapping to wide, sizes, slants, slopes and baselines
+varying. Each goes the service's way: PNG bytes -> `segment_bytes` -> one model call for all its
+crops -> `Segmentation.read`. "In a row" is the set people write when asked for a number: 2-4
+digits, gaps tight to wide. Single digits (templates and MNIST on the 384x384 digit canvas, MNIST
+as 28x28 bitmaps and redrawn alone on the number canvas) are sent both ways: `preprocess` (digit
+mode) and `segment_bytes` (number mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from classifier.ml.canvas import (  # noqa: E402
+    render_bitmap_png,
+    render_canvas,
+    render_template,
+    to_png,
+)
+from classifier.ml.data import load_test_split  # noqa: E402
+from classifier.ml.inference import Predictor  # noqa: E402
+from classifier.ml.input import ImageError  # noqa: E402
+from classifier.ml.numbers import (  # noqa: E402
+    GAPS,
+    draw_number,
+    mnist_number,
+    mnist_strokes,
+    template_number,
+)
+from classifier.ml.preprocessing import preprocess  # noqa: E402
+from classifier.ml.segmentation import segment_bytes  # noqa: E402
+
+DEFAULT_WEIGHTS = ROOT / "classifier" / "weights" / "digits-cnn.safetensors"
+DEFAULT_DATA_DIR = ROOT.parent / "shared" / "datasets"
+IN_A_ROW = ("tight", "normal", "wide")
+
+
+def read(predictor: Predictor, png: bytes) -> str:
+    """The number the service reads from PNG bytes ("" when it reads nothing)."""
+    try:
+        found = segment_bytes(png)
+        probabilities, _ = predictor.predict_with_version(found.images())
+        digits = found.read(probabilities)
+    except ImageError:
+        return ""
+    return "".join(str(int(d.probabilities.argmax())) for d in digits)
+
+
+def digits_right(truth: str, got: str) -> int:
+    """Per-digit score: digits right in place when the count is right, else none."""
+    if len(truth) != len(got):
+        return 0
+    return sum(a == b for a, b in zip(truth, got, strict=True))
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.exact: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        self.digits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+
+    def add(self, keys: list[str], truth: str, got: str) -> None:
+        for key in keys:
+            self.exact[key][0] += truth == got
+            self.exact[key][1] += 1
+            self.digits[key][0] += digits_right(truth, got)
+            self.digits[key][1] += len(truth)
+
+    def lines(self, keys: list[str]) -> list[str]:
+        rows = []
+        for key in keys:
+            if key not in self.exact:
+                continue
+            (e, n), (d, m) = self.exact[key], self.digits[key]
+            rows.append(
+                f"  {key:<28} exact {100 * e / n:6.2f}% ({e}/{n})   "
+                f"per digit {100 * d / m:6.2f}% ({d}/{m})"
+            )
+        return rows
+
+
+def parse_lengths(text: str) -> list[int]:
+    low, _, high = text.partition("-")
+    return list(range(int(low), int(high or low) + 1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument(
+        "--count", type=int, default=300, help="numbers per set and per length (default 300)"
+    )
+    parser.add_argument("--lengths", default="2-8", help="lengths of the numbers (default 2-8)")
+    parser.add_argument("--singles", type=int, default=1000, help="single digits (default 1000)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    predictor = Predictor.load(args.weights, device="cpu")
+    test = load_test_split(args.data_dir)
+    mnist_images, mnist_labels = np.asarray(test.images), np.asarray(test.labels)
+    rng = np.random.default_rng(args.seed)
+    started = time.perf_counter()
+
+    # The judged set: pen-drawn numbers of 2-4 digits written in a row.
+    row = Tally()
+    for k in range(args.count):
+        length = 2 + k % 3
+        number = template_number(rng, length, gap=IN_A_ROW[k % len(IN_A_ROW)])
+        got = read(predictor, to_png(number.image))
+        row.add(["all", f"{length} digits", f"gap {number.gap}"], number.label, got)
+    print(f"Pen-drawn numbers of 2-4 digits in a row, 768x384 canvas ({args.count}):")
+    print("\n".join(row.lines(["all", "2 digits", "3 digits", "4 digits"])))
+    print("\n".join(row.lines([f"gap {g}" for g in IN_A_ROW])))
+
+    # Every length and every gap, from both sources.
+    lengths = parse_lengths(args.lengths)
+    per_set = max(1, args.count // len(lengths))
+    for source in ("pen", "mnist"):
+        tally = Tally()
+        for length in lengths:
+            for k in range(per_set):
+                gap = list(GAPS)[k % len(GAPS)]
+                if source == "pen":
+                    number = template_number(rng, length, gap=gap)
+                else:
+                    number = mnist_number(mnist_images, mnist_labels, rng, length, gap=gap)
+                got = read(predictor, to_png(number.image))
+                tally.add(["all", f"{length} digits", f"gap {gap}"], number.label, got)
+        print(f"\n{source} numbers, {per_set} per length, gaps from overlapping to wide:")
+        print("\n".join(tally.lines(["all", *[f"{n} digits" for n in lengths]])))
+        print("\n".join(tally.lines([f"gap {g}" for g in GAPS])))
+
+    # Single digits: number mode against digit mode, on the same images.
+    print(f"\nSingle digits on the 384x384 digit canvas ({args.singles}), read both ways:")
+    for source in ("pen", "mnist"):
+        right = {"digit mode": 0, "number mode": 0}
+        total = 0
+        for k in range(args.singles // 2):
+            if source == "pen":
+                label = k % 10
+                image = render_template(label, rng=rng)
+            else:
+                index = int(rng.integers(0, len(mnist_labels)))
+                label = int(mnist_labels[index])
+                image = render_canvas(mnist_images[index], rng, style="page")
+            png = to_png(image)
+            as_digit = int(predictor.predict_proba(preprocess(png)[None])[0].argmax())
+            right["digit mode"] += as_digit == label
+            right["number mode"] += read(predictor, png) == str(label)
+            total += 1
+        print(
+            f"  {source:<6} digit mode {100 * right['digit mode'] / total:6.2f}%   "
+            f"number mode {100 * right['number mode'] / total:6.2f}%   ({total} digits)"
+        )
+    # More single digits, from their own generator (the sets above stay as they were): MNIST
+    # test digits as the 28x28 bitmaps other clients send, and redrawn alone on the number canvas.
+    singles = np.random.default_rng(args.seed + 1)
+    print(f"\nSingle MNIST test digits ({args.singles // 2} each), read both ways:")
+    for source in ("28x28 bitmap", "768x384 number canvas"):
+        right = {"digit mode": 0, "number mode": 0}
+        for _ in range(args.singles // 2):
+            index = int(singles.integers(0, len(mnist_labels)))
+            label = int(mnist_labels[index])
+            if source == "28x28 bitmap":
+                png = render_bitmap_png(mnist_images[index])
+            else:
+                strokes = [mnist_strokes(mnist_images[index])]
+                png = to_png(draw_number(strokes, str(label), singles, gap="normal").image)
+            as_digit = int(predictor.predict_proba(preprocess(png)[None])[0].argmax())
+            right["digit mode"] += as_digit == label
+            right["number mode"] += read(predictor, png) == str(label)
+        total = args.singles // 2
+        print(
+            f"  {source:<22} digit mode {100 * right['digit mode'] / total:6.2f}%   "
+            f"number mode {100 * right['number mode'] / total:6.2f}%   ({total} digits)"
+        )
+    print(f"\n({time.perf_counter() - started:.0f} s, one torch thread)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
