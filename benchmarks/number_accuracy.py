@@ -52,14 +52,23 @@ IN_A_ROW = ("tight", "normal", "wide")
 
 
 def read(predictor: Predictor, png: bytes) -> str:
-    """The number the service reads from PNG bytes ("" when it reads nothing)."""
+    """The number the service reads from PNG bytes ("" when it reads nothing, or when a piece
+    is not a digit: the service's `number` is then null)."""
     try:
         found = segment_bytes(png)
-        probabilities, _ = predictor.predict_with_version(found.images())
-        digits = found.read(probabilities)
+        scored = predictor.predict_scored(found.images())
+        digits = found.read(scored.probabilities)
     except ImageError:
         return ""
+    if not all(scored.is_digit[d.crop] for d in digits):
+        return ""
     return "".join(str(int(d.probabilities.argmax())) for d in digits)
+
+
+def read_digit(predictor: Predictor, png: bytes) -> int | None:
+    """The digit the service answers in digit mode (None: not a digit)."""
+    scored = predictor.predict_scored(preprocess(png)[None])
+    return int(scored.probabilities[0].argmax()) if scored.is_digit[0] else None
 
 
 def digits_right(truth: str, got: str) -> int:
@@ -163,7 +172,7 @@ def main() -> int:
                 label = int(mnist_labels[index])
                 image = render_canvas(mnist_images[index], rng, style="page")
             png = to_png(image)
-            as_digit = int(predictor.predict_proba(preprocess(png)[None])[0].argmax())
+            as_digit = read_digit(predictor, png)
             right["digit mode"] += as_digit == label
             right["number mode"] += read(predictor, png) == str(label)
             total += 1
@@ -185,7 +194,7 @@ def main() -> int:
             else:
                 strokes = [mnist_strokes(mnist_images[index])]
                 png = to_png(draw_number(strokes, str(label), singles, gap="normal").image)
-            as_digit = int(predictor.predict_proba(preprocess(png)[None])[0].argmax())
+            as_digit = read_digit(predictor, png)
             right["digit mode"] += as_digit == label
             right["number mode"] += read(predictor, png) == str(label)
         total = args.singles // 2
