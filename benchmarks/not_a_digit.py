@@ -4,7 +4,8 @@
         [--data-dir DIR] [--outliers-per-family 200] [--drawn 2000] [--threads 1] [--json PATH]
 
 For each weights file, and for each score of its logits (maximum softmax probability; the same at
-the temperature that fits the MNIST validation labels; the energy score), a threshold is chosen
+the temperature that fits the MNIST validation labels; the energy score) and, for weights with a
+detector head (`classifier.ml.detector`), the head's logit, a threshold is chosen
 on held-out digits only (`classifier.ml.rejection.choose_threshold`: MNIST validation and
 canvas drawings of them, split "calibration"), then measured on the evaluation sets: MNIST test,
 test digits drawn on the canvas, and generated non-digits of the "eval" split (other seeds, a
@@ -36,6 +37,7 @@ from classifier.ml.rejection import (  # noqa: E402
     choose_threshold,
     evaluation_sets,
     fit_temperature,
+    has_detector,
     logits_of,
     rejection_report,
 )
@@ -75,7 +77,8 @@ def main() -> int:
         predictor = Predictor.load(path, device="cpu")
         model = predictor.model
         temperature = fit_temperature(logits_of(model, validation), data.validation.labels)
-        for score, scaled in METHODS:
+        methods = (*METHODS, ("detector", False)) if has_detector(model) else METHODS
+        for score, scaled in methods:
             rejection = choose_threshold(
                 model,
                 validation,

@@ -22,7 +22,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from classifier.ml.devices import resolve_device
 from classifier.ml.input import IMAGE_SIZE
 from classifier.ml.model import build_model, normalize
-from classifier.ml.rejection import Rejection
+from classifier.ml.rejection import Rejection, has_detector
 from classifier.ml.weights import (
     WeightsError,
     config_from_metadata,
@@ -172,13 +172,18 @@ class Predictor:
             )
         with torch.inference_mode():
             batch = normalize(x.to(self.device)).contiguous(memory_format=torch.channels_last)
-            logits = loaded.model(batch).float()
+            # A model with a detector head scores digits in the same pass as its logits.
+            if has_detector(loaded.model):
+                logits, detector = loaded.model.forward_scored(batch)
+            else:
+                logits, detector = loaded.model(batch), None
+            logits = logits.float()
             probabilities = torch.softmax(logits, dim=1)
             rejection = loaded.rejection
             if rejection is None or (rejection.score == "msp" and rejection.temperature == 1.0):
                 scores = probabilities.amax(dim=1)  # the score at hand: no second softmax
             else:
-                scores = rejection.scores(logits)
+                scores = rejection.scores(logits, detector)
             if rejection is None:
                 is_digit = torch.ones_like(scores, dtype=torch.bool)
             else:

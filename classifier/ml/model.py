@@ -29,6 +29,9 @@ class ModelConfig:
     widths: tuple[int, int, int] = (32, 48, 96)  # channels of the three stages
     dropout: float = 0.1  # before the linear classifier
     num_classes: int = NUM_CLASSES
+    # Hidden units of the "is this a digit" head on the frozen features (`forward_scored`);
+    # 0: no head (every file written before it had none).
+    detector_width: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "widths": list(self.widths)}
@@ -46,10 +49,16 @@ class ModelConfig:
                 widths=widths,  # type: ignore[arg-type]
                 dropout=float(values.get("dropout", cls.dropout)),
                 num_classes=int(values.get("num_classes", cls.num_classes)),
+                detector_width=int(values.get("detector_width", cls.detector_width)),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad model arguments {values!r}") from exc
-        if len(config.widths) != 3 or min(config.widths) < 1 or config.num_classes < 2:
+        if (
+            len(config.widths) != 3
+            or min(config.widths) < 1
+            or config.num_classes < 2
+            or config.detector_width < 0
+        ):
             raise ValueError(f"bad model arguments {values!r}")
         return config
 
@@ -62,12 +71,29 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> list[nn.
     ]
 
 
+# Where `features` ends its second stage (after the 7x7 max pool): the detector head also
+# pools the 48 channels there.
+_STAGE_2_END = 11
+
+
+def _pooled(x: torch.Tensor) -> torch.Tensor:
+    """Average and maximum of each channel over the image: (N, C, H, W) to (N, 2C)."""
+    return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+
+
 class DigitsCNN(nn.Module):
-    """Three stages of 3x3 convolutions (28 -> 14 -> 7 -> 3 px), then a linear classifier."""
+    """Three stages of 3x3 convolutions (28 -> 14 -> 7 -> 3 px), then a linear classifier.
+
+    With `detector_width`, a small MLP (the detector) reads the same features, the last stage's
+    (flattened) and the second stage's (pooled), and the ten logits, and scores whether the
+    image is a digit at all. It is trained on its own with the rest frozen
+    (`classifier.ml.detector`), so the ten logits are those of the network without it.
+    """
 
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
         config = config or ModelConfig()
+        self.config = config
         w1, w2, w3 = config.widths
         self.features = nn.Sequential(
             *_conv(1, w1),
@@ -84,10 +110,40 @@ class DigitsCNN(nn.Module):
             nn.Dropout(config.dropout),
             nn.Linear(w3 * 3 * 3, config.num_classes),
         )
+        self.detector: nn.Sequential | None = None
+        if config.detector_width:
+            self.detector = nn.Sequential(
+                nn.Linear(detector_inputs(config), config.detector_width),
+                nn.ReLU(inplace=True),
+                nn.Linear(config.detector_width, 1),
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised images (N, 1, 28, 28) to logits (N, num_classes)."""
         return self.classifier(self.features(x))
+
+    def detector_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits (N, num_classes) and what the detector reads (N, `detector_inputs`), from
+        one pass through the network."""
+        stage2 = self.features[:_STAGE_2_END](x)
+        last = self.features[_STAGE_2_END:](stage2)
+        logits = self.classifier(last)
+        return logits, torch.cat([last.flatten(1), _pooled(stage2), logits], dim=1)
+
+    def forward_scored(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (N, num_classes) and the detector's logit (N,), higher for digits, from the
+        same pass; None without a detector."""
+        if self.detector is None:
+            return self.forward(x), None
+        logits, features = self.detector_features(x)
+        return logits, self.detector(features).squeeze(1)
+
+
+def detector_inputs(config: ModelConfig) -> int:
+    """How many numbers the detector reads: the last stage flattened (3x3), the second stage's
+    channels averaged and maxed, and the logits."""
+    _, w2, w3 = config.widths
+    return w3 * 3 * 3 + 2 * w2 + config.num_classes
 
 
 # Named architectures, for the command line and for weights that name one. Loading refuses

@@ -7,6 +7,9 @@ digit". A score of the same logits can: the maximum softmax probability (Hendryc
 model spreads its probabilities over the ten digits for non-digits, which both scores reward.
 The worker computes the score from the logits of its one batched model call.
 
+A model with a detector head (`DigitsCNN.forward_scored`, trained by `classifier.ml.detector` on
+the frozen network) has a third score, "detector": the head's logit, from the same forward pass.
+
 The threshold is chosen on held-out digits only (MNIST validation and canvas-style drawings of
 them): the highest score that rejects at most a set share of each, so real digits keep their
 answers. Weights carry it in their metadata as {"score", "threshold", "temperature"}.
@@ -26,7 +29,11 @@ from classifier.ml.data import Split
 from classifier.ml.model import normalize
 from classifier.ml.outliers import drawn_digits, families_for, make_outliers
 
-SCORES = ("msp", "energy")
+# Scores of the ten logits, which any model has.
+LOGIT_SCORES = ("msp", "energy")
+# The detector head's logit: only for models that have one.
+DETECTOR_SCORE = "detector"
+SCORES = (*LOGIT_SCORES, DETECTOR_SCORE)
 # With outlier exposure the highest probability sorts digits from non-digits best: the loss
 # flattens exactly that (benchmarks/not_a_digit.py; energy is better without it).
 DEFAULT_SCORE = "msp"
@@ -57,11 +64,13 @@ class Rejection:
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"temperature must be positive, got {self.temperature!r}")
 
-    def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        return score_logits(logits, self.score, self.temperature)
+    def scores(self, logits: torch.Tensor, detector: torch.Tensor | None = None) -> torch.Tensor:
+        """The score of each row of logits (N, 10); the "detector" score is the detector's
+        logit (N,) of the same images."""
+        return score_outputs(logits, detector, self.score, self.temperature)
 
-    def is_digit(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.scores(logits) >= self.threshold
+    def is_digit(self, logits: torch.Tensor, detector: torch.Tensor | None = None) -> torch.Tensor:
+        return self.scores(logits, detector) >= self.threshold
 
     def as_dict(self) -> dict[str, float | str]:
         return asdict(self)
@@ -89,6 +98,41 @@ def score_logits(logits: torch.Tensor, score: str, temperature: float = 1.0) -> 
     if score == "energy":
         return temperature * torch.logsumexp(scaled, dim=1)
     raise ValueError(f"unknown score {score!r}; use one of {', '.join(SCORES)}")
+
+
+def score_outputs(
+    logits: torch.Tensor, detector: torch.Tensor | None, score: str, temperature: float = 1.0
+) -> torch.Tensor:
+    """Digit-likeness of each image from what the model said of it: its logits (N, 10) and,
+    for the "detector" score, its detector logit (N,)."""
+    if score == DETECTOR_SCORE:
+        if detector is None:
+            raise ValueError("the detector score needs a model with a detector head")
+        return detector.float()
+    return score_logits(logits, score, temperature)
+
+
+def has_detector(model: nn.Module) -> bool:
+    return getattr(model, "detector", None) is not None
+
+
+@torch.inference_mode()
+def outputs_of(
+    model: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = SCORE_BATCH
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's logits (N, 10) and detector logits (N,; None without a detector) on the
+    CPU for uint8 images (N, 28, 28), in eval mode, one forward pass per batch."""
+    if not has_detector(model):
+        return logits_of(model, images, batch_size), None
+    model.eval()
+    device = next(model.parameters()).device
+    images = torch.as_tensor(images)
+    logits, detector = [torch.zeros((0, 10))], [torch.zeros(0)]
+    for start in range(0, len(images), batch_size):
+        out, det = model.forward_scored(normalize(images[start : start + batch_size].to(device)))
+        logits.append(out.float().cpu())
+        detector.append(det.float().cpu())
+    return torch.cat(logits), torch.cat(detector)
 
 
 @torch.inference_mode()
@@ -152,7 +196,7 @@ def choose_threshold(
         subset = mnist_images[:DRAWN_CALIBRATION_COUNT]
         drawn_images, _ = drawn_digits(subset, np.zeros(len(subset), np.int64), "calibration")
     limits = [
-        threshold_for(score_logits(logits_of(model, images), score, temperature), max_rejected)
+        threshold_for(score_outputs(*outputs_of(model, images), score, temperature), max_rejected)
         for images, max_rejected in (
             (mnist_images, mnist_max_rejected),
             (drawn_images, drawn_max_rejected),
@@ -236,13 +280,13 @@ def rejection_report(
         ("mnist", sets.mnist, sets.mnist_labels),
         ("drawn", sets.drawn, sets.drawn_labels),
     ):
-        logits = logits_of(model, images)
-        accepted = used.scores(logits).numpy() >= threshold
+        logits, detector = outputs_of(model, images)
+        scores = used.scores(logits, detector).numpy()
         right = logits.argmax(dim=1).numpy() == labels
         # Right means read right and not rejected: what a person drawing that digit gets.
-        answered[name] = (used.scores(logits).numpy(), float((right & accepted).mean()))
+        answered[name] = (scores, float((right & (scores >= threshold)).mean()))
     (mnist, mnist_right), (drawn, drawn_right) = answered["mnist"], answered["drawn"]
-    outliers = used.scores(logits_of(model, sets.outliers)).numpy()
+    outliers = used.scores(*outputs_of(model, sets.outliers)).numpy()
     digits = np.concatenate([mnist, drawn])
     names = np.asarray(sets.families)
     return {

@@ -35,7 +35,7 @@ from classifier.ml.model import (
     normalize,
 )
 from classifier.ml.outliers import drawn_digits, make_outliers
-from classifier.ml.rejection import DEFAULT_SCORE, SCORES
+from classifier.ml.rejection import DEFAULT_SCORE, LOGIT_SCORES
 from classifier.ml.weights import config_from_metadata, load_weights
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class TrainConfig:
         DEFAULT_SCORE,
         "score of the logits that tells digits from non-digits; its threshold is chosen on the "
         "validation digits",
-        choices=SCORES,
+        choices=LOGIT_SCORES,
     )
 
     def __post_init__(self) -> None:
@@ -145,7 +145,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must not be negative.")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("label_smoothing must be in [0, 1).")
-        if self.score not in SCORES:
+        if self.score not in LOGIT_SCORES:
             raise ValueError(f"unknown score {self.score!r}.")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}.")

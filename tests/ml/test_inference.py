@@ -14,7 +14,7 @@ from classifier.ml.canvas import TEMPLATES, render_template_png
 from classifier.ml.inference import Predictor, resolve_device
 from classifier.ml.model import ARCHITECTURE, build_model, normalize
 from classifier.ml.preprocessing import preprocess
-from classifier.ml.weights import WeightsError, load_weights, save_weights
+from classifier.ml.weights import WeightsError, config_from_metadata, load_weights, save_weights
 from tests.helpers import SHIPPED_WEIGHTS
 
 
@@ -181,7 +181,7 @@ def test_the_served_model_is_the_trained_model_folded(shipped):
     """Serving folds each batch norm into its convolution and uses channels-last weights
     (`optimise_for_inference`, for speed); the probabilities stay the trained model's."""
     state_dict, metadata = load_weights(SHIPPED_WEIGHTS)
-    eager = build_model(metadata["architecture"])
+    eager = build_model(config_from_metadata(metadata))  # with the detector head it names
     eager.load_state_dict(state_dict)
     eager.eval()
     served = shipped.model
@@ -191,8 +191,11 @@ def test_the_served_model_is_the_trained_model_folded(shipped):
 
     images = np.random.default_rng(7).integers(0, 256, (32, 28, 28), dtype=np.uint8)
     with torch.inference_mode():
-        expected = torch.softmax(eager(normalize(images)), dim=1).numpy()
+        logits, detector = eager.forward_scored(normalize(images))
+        expected = torch.softmax(logits, dim=1).numpy()
     assert np.allclose(shipped.predict_proba(images), expected, atol=1e-5)
+    if detector is not None and shipped.rejection.score == "detector":
+        assert np.allclose(shipped.predict_scored(images).scores, detector.numpy(), atol=1e-4)
 
 
 # --- Not a digit: the score and threshold the weights carry ---------------------------------------

@@ -224,9 +224,14 @@ def test_unusable_model_args_are_refused_saying_so(model, tmp_path, model_args):
 
 
 def test_the_shipped_weights_explain_themselves():
-    """The shipped file names its network's arguments and how it was trained."""
+    """The shipped file names its network's arguments and how it was trained: the named
+    architecture, plus the detector head and how that was trained when it has one."""
     _, metadata = load_weights(SHIPPED_WEIGHTS)
-    assert metadata["model_args"] == ARCHITECTURES[metadata["architecture"]].as_dict()
+    args = metadata["model_args"]
+    assert {**args, "detector_width": 0} == ARCHITECTURES[metadata["architecture"]].as_dict()
+    if args["detector_width"]:
+        assert metadata["detector"]["width"] == args["detector_width"]
+        assert metadata["rejection"]["score"] == "detector"
     training = metadata["training"]
     assert training["epochs"] == metadata["epochs"]
     assert {"batch_size", "lr", "weight_decay", "seed", "label_smoothing"} <= training.keys()

@@ -1,0 +1,126 @@
+"""`python manage.py train_detector`: add a "not a digit" head to saved weights, the rest frozen.
+
+A thin adapter: options in, `classifier.ml.detector` does the work. The network's own tensors are
+copied unchanged, so its digits and its test accuracy stay those of `--base-weights`; the head's
+threshold is chosen on the validation digits and canvas drawings of them
+(`classifier.ml.rejection.choose_threshold`) and stored in the metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from classifier.management.commands.train import add_config_options
+from classifier.ml.data import DataError, load_mnist
+from classifier.ml.detector import DetectorConfig, make_pools, train_detector
+from classifier.ml.model import build_model
+from classifier.ml.rejection import DETECTOR_SCORE, choose_threshold
+from classifier.ml.training import evaluate_model
+from classifier.ml.weights import WeightsError, config_from_metadata, load_weights, save_weights
+
+# Metadata of the base weights that describes the file, not the network: written afresh.
+_FILE_KEYS = ("version", "created", "torch_version", "format", "rejection", "command")
+
+
+class Command(BaseCommand):
+    help = (
+        "Train a small 'is this a digit' head on the frozen features of saved weights (MNIST "
+        "and canvas-drawn digits against generated non-digits), choose its threshold on the "
+        "validation digits, and save the weights with the head: the ten logits are unchanged."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        add_config_options(parser, DetectorConfig, {})
+        parser.add_argument(
+            "--base-weights",
+            type=Path,
+            default=settings.DIGITS_WEIGHTS,
+            help=f"the network to freeze; a head it has is replaced "
+            f"(default: DIGITS_WEIGHTS, now {settings.DIGITS_WEIGHTS})",
+        )
+        parser.add_argument(
+            "--output",
+            type=Path,
+            default=settings.DIGITS_WEIGHTS,
+            help=f"where to write the weights with the head "
+            f"(default: DIGITS_WEIGHTS, now {settings.DIGITS_WEIGHTS})",
+        )
+        parser.add_argument(
+            "--data-dir",
+            type=Path,
+            default=settings.DIGITS_DATA_DIR,
+            help=f"where MNIST is, as <dir>/MNIST/raw/ "
+            f"(default: DIGITS_DATA_DIR, now {settings.DIGITS_DATA_DIR})",
+        )
+        parser.add_argument(
+            "--no-download",
+            action="store_true",
+            help="fail instead of downloading MNIST when it is missing (default: download)",
+        )
+
+    def handle(self, *args, **options) -> None:
+        try:
+            config = DetectorConfig(
+                **{f.name: options[f.name] for f in dataclasses.fields(DetectorConfig)}
+            )
+        except ValueError as exc:
+            option = str(exc).split(" ", 1)[0].replace("_", "-")
+            raise CommandError(f"--{option} {str(exc).split(' ', 1)[1]}") from exc
+        try:
+            state_dict, base_meta = load_weights(options["base_weights"])
+        except WeightsError as exc:
+            raise CommandError(str(exc)) from exc
+        base_config = dataclasses.replace(config_from_metadata(base_meta), detector_width=0)
+        base = build_model(base_config)
+        base.load_state_dict({k: v for k, v in state_dict.items() if not k.startswith("detector.")})
+        try:
+            data = load_mnist(options["data_dir"], download=not options["no_download"])
+        except DataError as exc:
+            raise CommandError(str(exc)) from exc
+
+        started = time.perf_counter()
+        pools = make_pools(config, data.train)
+        drawing = time.perf_counter() - started
+        self.stdout.write(
+            f"{len(pools.outliers):,} non-digits and {len(pools.drawn):,} canvas digits drawn "
+            f"in {drawing:.0f} s; {len(pools.mnist):,} MNIST digits"
+        )
+        result = train_detector(base, pools, config, data.train.labels)
+        model = result.model
+        rejection = choose_threshold(model, data.validation.images.numpy(), score=DETECTOR_SCORE)
+        test = evaluate_model(model, data.test, "cpu")
+
+        metadata = {
+            **{k: v for k, v in base_meta.items() if k not in _FILE_KEYS},
+            "model_args": model.config.as_dict(),
+            "test_accuracy": test.accuracy,
+            "rejection": rejection.as_dict(),
+            "detector": {
+                **config.hyperparameters(),
+                "base_version": base_meta.get("version"),
+                "counts": result.counts,
+                "pool_seconds": round(drawing, 1),
+                "train_seconds": round(result.seconds, 1),
+                "train_loss": round(result.train_loss, 6),
+                "command": "python manage.py train_detector " + shlex.join(sys.argv[2:]),
+            },
+        }
+        if "command" in base_meta:
+            metadata["base_command"] = base_meta["command"]
+        stored = save_weights(model, options["output"], metadata)
+        self.stdout.write(
+            f"Head trained in {result.seconds:.0f} s (features and fitting); test accuracy "
+            f"{100 * test.accuracy:.2f}% (the base network's, unchanged)."
+        )
+        self.stdout.write(
+            f"Not a digit below detector {rejection.threshold:.4f}, chosen on the validation "
+            "digits."
+        )
+        self.stdout.write(f"Model {stored['version']} saved to {options['output']}")

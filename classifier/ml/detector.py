@@ -1,0 +1,248 @@
+"""A "not a digit" detector head trained on the frozen network, whose digits stay as they were.
+
+Fine-tuning the whole network with outlier exposure turned non-digits away but cost MNIST test
+accuracy. Here the convolutions and the classifier are frozen (eval mode, their tensors never
+change), and only a small MLP on their features (`DigitsCNN.detector`: the last stage flattened,
+the second stage pooled, the ten logits) learns, with binary cross-entropy, digits (MNIST
+training digits and the same redrawn with the canvas brush, augmented as in training) from
+generated non-digits of the "train" split (`classifier.ml.outliers`). The features of every
+image are computed once, so the head trains in seconds; drawing the pools takes the time.
+The standardisation of the features is folded into the head's first layer, so the served head
+is two linear layers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from classifier.ml.augment import AugmentConfig, augment_batch
+from classifier.ml.data import Split
+from classifier.ml.model import DigitsCNN, build_model, normalize
+from classifier.ml.outliers import drawn_digits, make_outliers
+
+FEATURE_BATCH = 1000
+# Drawn on a half-size canvas, as outlier exposure's pools: preprocessing scales every drawing to
+# 20 px anyway.
+POOL_CANVAS_SIZE = 192
+
+
+def _option(default: Any, help: str, **argparse: Any) -> Any:
+    return field(default=default, metadata={"help": help, **argparse})
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything a detector run depends on; `manage.py train_detector` makes an option of each."""
+
+    width: int = _option(128, "hidden units of the detector head")
+    outlier_pool: int = _option(24_000, 'generated non-digits of the "train" split (negatives)')
+    drawn_pool: int = _option(4_000, "training digits redrawn with the canvas brush (positives)")
+    mnist_digits: int = _option(30_000, "MNIST training digits (positives)")
+    copies: int = _option(2, "augmented copies of every image besides the image itself")
+    epochs: int = _option(20, "passes over the features")
+    batch_size: int = _option(512, "feature rows per step")
+    lr: float = _option(2e-3, "Adam learning rate (cosine to zero)")
+    weight_decay: float = _option(1e-2, "AdamW weight decay")
+    drawn_weight: float = _option(
+        1.0, "weight of the drawn digits, as a share of the digits' half of the loss"
+    )
+    seed: int = _option(1, "random seed of the pools, the augmentation and the head")
+    threads: int | None = _option(1, "CPU threads for torch; none: torch's choice")
+
+    def __post_init__(self) -> None:
+        for name in ("width", "outlier_pool", "drawn_pool", "mnist_digits", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1.")
+        if self.copies < 0:
+            raise ValueError("copies must not be negative.")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError("lr must be positive and weight_decay not negative.")
+        if self.drawn_weight < 0:
+            raise ValueError("drawn_weight must not be negative.")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be at least 1.")
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {**asdict(self), "pool_canvas_size": POOL_CANVAS_SIZE, "optimizer": "AdamW"}
+
+
+@dataclass(frozen=True)
+class Pools:
+    """The images the head learns from, uint8 (N, 28, 28) each."""
+
+    mnist: np.ndarray
+    drawn: np.ndarray
+    outliers: np.ndarray
+
+
+def make_pools(config: DetectorConfig, train: Split) -> Pools:
+    """MNIST training digits, some redrawn on the canvas, and generated non-digits ("train")."""
+    images = train.images.cpu().numpy()
+    labels = train.labels.cpu().numpy()
+    count = min(config.drawn_pool, len(images))
+    drawn, _ = drawn_digits(
+        images[:count], labels[:count], "train", config.seed, size=POOL_CANVAS_SIZE
+    )
+    outliers, _ = make_outliers(config.outlier_pool, "train", config.seed, size=POOL_CANVAS_SIZE)
+    return Pools(images[: config.mnist_digits], drawn, outliers)
+
+
+def with_detector(model: DigitsCNN, width: int) -> DigitsCNN:
+    """A copy of `model` with a fresh detector head of `width` hidden units: the same tensors
+    otherwise, so the same logits."""
+    config = replace(model.config, detector_width=width)
+    if not isinstance(model, DigitsCNN):
+        raise TypeError("a detector head needs a DigitsCNN")
+    out = build_model(config)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("detector.")}
+    missing, unexpected = out.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("detector.") for k in missing):
+        raise ValueError(f"model does not fit {config}: {missing} {unexpected}")
+    return out.eval()
+
+
+@torch.inference_mode()
+def features_of(
+    model: DigitsCNN,
+    images: np.ndarray,
+    copies: int,
+    generator: torch.Generator,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """What the detector reads of `images` (uint8 (N, 28, 28)): the images themselves, then
+    `copies` augmented versions of them (`augment_batch`, as in training)."""
+    model.eval()
+    tensor = torch.as_tensor(images)
+    rows = []
+    for copy in range(copies + 1):
+        for start in range(0, len(tensor), FEATURE_BATCH):
+            batch = tensor[start : start + FEATURE_BATCH]
+            if copy:
+                part = None if labels is None else labels[start : start + FEATURE_BATCH]
+                batch = augment_batch(batch, generator, AugmentConfig(), part)
+            rows.append(model.detector_features(normalize(batch))[1].float())
+    return torch.cat(rows)
+
+
+@dataclass
+class DetectorResult:
+    model: DigitsCNN  # the frozen network with its trained head, on the CPU, in eval mode
+    config: DetectorConfig
+    seconds: float  # features and head training, without drawing the pools
+    train_loss: float
+    counts: dict[str, int]
+
+
+def train_detector(
+    model: nn.Module, pools: Pools, config: DetectorConfig, mnist_labels: torch.Tensor | None = None
+) -> DetectorResult:
+    """Train a detector head on `model`'s frozen features; returns a copy with the head (the
+    network's own tensors untouched)."""
+    previous_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(model, pools, config, mnist_labels)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(
+    model: nn.Module, pools: Pools, config: DetectorConfig, mnist_labels: torch.Tensor | None
+) -> DetectorResult:
+    started = time.perf_counter()
+    out = with_detector(model.cpu().eval(), config.width)
+    x, y, w = training_rows(out, pools, config, mnist_labels)
+    loss = fit_head(out, x, y, w, config)
+    return DetectorResult(
+        model=out,
+        config=config,
+        seconds=time.perf_counter() - started,
+        train_loss=loss,
+        counts={
+            "mnist": len(pools.mnist),
+            "drawn": len(pools.drawn),
+            "outliers": len(pools.outliers),
+            "feature_rows": len(x),
+        },
+    )
+
+
+def training_rows(
+    model: DigitsCNN, pools: Pools, config: DetectorConfig, mnist_labels: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The features (N, F), targets (1: digit) and loss weights (mean 1) the head learns."""
+    generator = torch.Generator().manual_seed(config.seed)
+    labels = None if mnist_labels is None else mnist_labels[: len(pools.mnist)].cpu()
+    groups = [
+        features_of(model, pools.mnist, config.copies, generator, labels),
+        features_of(model, pools.drawn, config.copies, generator),
+        features_of(model, pools.outliers, config.copies, generator),
+    ]
+    x = torch.cat(groups)
+    y = torch.cat([torch.ones(len(groups[0]) + len(groups[1])), torch.zeros(len(groups[2]))])
+    # Digits and non-digits weigh half each; within the digits, the drawn ones weigh
+    # drawn_weight / (1 + drawn_weight).
+    share = config.drawn_weight / (1.0 + config.drawn_weight)
+    w = torch.cat(
+        [
+            torch.full((len(groups[0]),), 0.5 * (1 - share) / max(len(groups[0]), 1)),
+            torch.full((len(groups[1]),), 0.5 * share / max(len(groups[1]), 1)),
+            torch.full((len(groups[2]),), 0.5 / max(len(groups[2]), 1)),
+        ]
+    ) * len(x)
+    return x, y, w
+
+
+def fit_head(
+    model: DigitsCNN, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, config: DetectorConfig
+) -> float:
+    """Train `model.detector` (fresh) on the rows; the rest of the model is left as it is.
+    Returns the last epoch's mean loss."""
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    mean, std = x.mean(dim=0), x.std(dim=0).clamp(min=1e-3)
+    xs = (x - mean) / std
+
+    head = model.detector
+    assert head is not None
+    with torch.no_grad():
+        for layer in head:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+    head.train()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * math.ceil(len(xs) / config.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    loss_sum, seen = 0.0, 0
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(xs), generator=generator)
+        loss_sum, seen = 0.0, 0
+        for start in range(0, len(xs), config.batch_size):
+            index = order[start : start + config.batch_size]
+            logit = head(xs[index]).squeeze(1)
+            loss = F.binary_cross_entropy_with_logits(logit, y[index], weight=w[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += float(loss.detach()) * len(index)
+            seen += len(index)
+        del epoch
+    head.eval()
+    # Fold the standardisation into the first layer: W (x - m) / s + b = (W / s) x + (b - W m / s).
+    first = head[0]
+    with torch.no_grad():
+        scaled = first.weight / std
+        first.bias -= scaled @ mean
+        first.weight.copy_(scaled)
+    model.eval()
+    return loss_sum / max(seen, 1)
