@@ -37,6 +37,8 @@ from classifier.ml.training import (
     _option,
     _torch_settings,
     check_run_options,
+    distillation_loss,
+    freeze_norm_statistics,
     seed_everything,
 )
 
@@ -209,7 +211,7 @@ def _run(
     for epoch in range(1, config.epochs + 1):
         model.train()
         if config.freeze_norm:
-            _freeze_norm_statistics(model)
+            freeze_norm_statistics(model)
         order = torch.randperm(len(mnist), generator=generator, device=device)
         loss_sum = torch.zeros((), device=device)
         for i in range(steps_per_epoch):
@@ -225,8 +227,10 @@ def _run(
                 logits = model(x).float()
                 loss = F.cross_entropy(logits, labels)
                 if teacher is not None:
-                    loss = loss + config.distill * _distillation(
-                        logits[:mnist_per_batch], teacher(x[:mnist_per_batch]).float()
+                    loss = loss + config.distill * distillation_loss(
+                        logits[:mnist_per_batch],
+                        teacher(x[:mnist_per_batch]),
+                        DISTILL_TEMPERATURE,
                     )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -252,30 +256,6 @@ def _run(
             blend_weights(state_dict, result.model.state_dict(), config.blend)
         )
     return result
-
-
-def _distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Hinton et al.'s distillation loss: KL(teacher || student) at DISTILL_TEMPERATURE, scaled by
-    its square so its gradients match cross-entropy's. On the MNIST images it keeps what the
-    served model knew (Li and Hoiem, "Learning without forgetting", 2016), not just its labels."""
-    t = DISTILL_TEMPERATURE
-    return F.kl_div(
-        F.log_softmax(student / t, dim=1),
-        F.log_softmax(teacher / t, dim=1),
-        reduction="batchmean",
-        log_target=True,
-    ) * (t * t)
-
-
-def _freeze_norm_statistics(model: nn.Module) -> None:
-    """Batch norms normalise with the served model's running statistics and stop updating them.
-
-    Their statistics were measured on MNIST; half of every fine-tuning batch from the
-    corrections would drag them towards a mix the test set does not have.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
 
 
 def blend_weights(

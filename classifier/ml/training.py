@@ -275,6 +275,31 @@ def _torch_settings(threads: int | None, deterministic: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous_deterministic)
 
 
+def freeze_norm_statistics(model: nn.Module) -> None:
+    """Batch norms normalise with the statistics they start with and stop updating them: a
+    fine-tuning run's batches (non-digits, corrections) are not the digits they were measured
+    on, and would drag them towards a mix the test set does not have."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """KL(teacher || student) of the two models' answers softened at `temperature`, scaled by
+    its square so its gradients match cross-entropy's (Hinton et al., 2015). Fine-tuning keeps
+    what the starting model knew of digits, not just their labels (Li and Hoiem, "Learning
+    without forgetting", 2016)."""
+    t = temperature
+    return F.kl_div(
+        torch.log_softmax(student.float() / t, dim=1),
+        torch.log_softmax(teacher.float() / t, dim=1),
+        log_target=True,
+        reduction="batchmean",
+    ) * (t * t)
+
+
 def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy from uniform probabilities to the model's: the outlier-exposure loss
     (Hendrycks et al., 2019), lowest when a non-digit gets 1/10 for every digit."""
@@ -387,9 +412,7 @@ def _fit(
     for epoch in range(1, config.epochs + 1):
         model.train()
         if config.freeze_norm:
-            for module in model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+            freeze_norm_statistics(model)
         epoch_start = time.perf_counter()
         order = torch.randperm(len(train_split), generator=generator, device=device)
         loss_sum = torch.zeros((), device=device)
@@ -428,12 +451,7 @@ def _fit(
                 if teacher is not None:
                     with torch.no_grad():
                         taught = teacher(x[: labels.shape[0]]).float()
-                    loss = loss + config.distill_weight * F.kl_div(
-                        torch.log_softmax(logits.float(), dim=1),
-                        torch.log_softmax(taught, dim=1),
-                        log_target=True,
-                        reduction="batchmean",
-                    )
+                    loss = loss + config.distill_weight * distillation_loss(logits, taught)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
