@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -377,3 +378,23 @@ def test_blank_and_too_long_numbers_are_errors_and_fail_alone(predictor: Predict
     assert by_id["long"]["code"] == protocol.TOO_MANY_DIGITS
     assert by_id["year"]["number"] == "2026"
     assert len(counting.batches) <= 1
+
+
+def test_a_number_with_a_piece_that_is_no_digit_reads_no_number(predictor: Predictor) -> None:
+    """Each piece of a number gets the not-a-digit decision on its own crop, from the batch's
+    one model call: a 3 beside a star is a number with a piece that is no digit."""
+    from PIL import Image
+
+    rng = split_rng("eval", 1)
+    star = [[(0.5, 0.0), (0.8, 1.0), (0.0, 0.35), (1.0, 0.35), (0.2, 1.0), (0.5, 0.0)]]
+    left = Image.open(io.BytesIO(render_digit_png(3))).convert("L")
+    right = draw_strokes(star, rng, size=left.height, turn=0.0).convert("L")
+    both = Image.new("L", (left.width + right.width, left.height), 0)
+    both.paste(left, (0, 0))
+    both.paste(right, (left.width, 0))
+    sent = number_item("mixed", to_png(both))
+    answer = frames(answer_batch([sent], predictor))["mixed"]
+    assert answer["type"] == protocol.PREDICTION, answer
+    assert [d["is_digit"] for d in answer["digits"]] == [True, False]
+    assert answer["digits"][0]["digit"] == 3
+    assert answer["number"] is None and answer["digit"] is None

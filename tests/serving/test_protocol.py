@@ -397,6 +397,8 @@ def test_one_digit_is_also_the_digit_and_a_piece_that_is_no_digit_leaves_no_numb
     assert unreadable["number"] is None
     assert [d["is_digit"] for d in unreadable["digits"]] == [True, False]
     assert protocol.number_prediction("n", [], "m", {})["number"] is None
+    lone = protocol.number_prediction("n", [entry(7, is_digit=False)], "m", {})
+    assert (lone["number"], lone["digit"]) == (None, None)
 
 
 def test_a_number_has_at_most_the_maximum_of_digits() -> None:
