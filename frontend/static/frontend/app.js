@@ -241,6 +241,13 @@ function showAnswer(answer, request) {
 
 function showNumber(answer, request) {
   const digits = answer.digits;
+  // A second answer for the same drawing (a live one, then the final one) keeps the digit the
+  // person is looking at, rather than jumping back to the first.
+  const same =
+    shownDigits !== null &&
+    shownVersion === request.context.version &&
+    shownDigits.length === digits.length;
+  const selected = same ? Number(ui.answer.dataset.selected ?? 0) : 0;
   ui.prediction.replaceChildren(
     ...digits.map((d, index) => {
       const span = document.createElement("span");
@@ -271,7 +278,7 @@ function showNumber(answer, request) {
     const least = Math.min(...digits.map((d) => d.confidence));
     const count = digits.length === 1 ? "1 digit" : `${digits.length} digits`;
     ui.confidence.textContent = `${count}, the least sure ${percent(least)}`;
-    selectDigit(0);
+    selectDigit(selected);
   } else {
     ui.confidence.textContent = "";
   }
