@@ -9,6 +9,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from classifier.management.options import add_data_dir
 from classifier.ml.data import DataError, load_test_split
 from classifier.ml.devices import DEVICE_CHOICES
 from classifier.ml.inference import Predictor
@@ -37,13 +38,7 @@ class Command(BaseCommand):
             default=settings.DIGITS_WEIGHTS,
             help=f"weights to score (default: DIGITS_WEIGHTS, now {settings.DIGITS_WEIGHTS})",
         )
-        parser.add_argument(
-            "--data-dir",
-            type=Path,
-            default=settings.DIGITS_DATA_DIR,
-            help=f"where MNIST is, as <dir>/MNIST/raw/ (default: DIGITS_DATA_DIR, now "
-            f"{settings.DIGITS_DATA_DIR})",
-        )
+        add_data_dir(parser)
         parser.add_argument(
             "--device",
             choices=DEVICE_CHOICES,

@@ -23,6 +23,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
 from classifier import corrections
+from classifier.management.options import add_data_dir
 from classifier.ml import modelstore
 from classifier.ml.data import DataError, Split, load_mnist
 from classifier.ml.devices import DEVICE_CHOICES, resolve_device
@@ -75,13 +76,7 @@ class Command(BaseCommand):
             help=f"the served model, fine-tuned and, on promotion, replaced "
             f"(default: DIGITS_WEIGHTS, now {settings.DIGITS_WEIGHTS})",
         )
-        parser.add_argument(
-            "--data-dir",
-            type=Path,
-            default=settings.DIGITS_DATA_DIR,
-            help=f"where MNIST is, as <dir>/MNIST/raw/ "
-            f"(default: DIGITS_DATA_DIR, now {settings.DIGITS_DATA_DIR})",
-        )
+        add_data_dir(parser)
         parser.add_argument(
             "--database",
             default=DEFAULT_DB_ALIAS,

@@ -18,6 +18,7 @@ import torch
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from classifier.management.options import add_data_dir
 from classifier.ml.data import DataError, load_mnist
 from classifier.ml.rejection import calibrate
 from classifier.ml.report import build_report, format_confusion, per_digit_dict, write_report
@@ -79,13 +80,7 @@ class Command(BaseCommand):
             help=f"where to write the weights; the report goes beside them "
             f"(default: DIGITS_WEIGHTS, now {settings.DIGITS_WEIGHTS})",
         )
-        parser.add_argument(
-            "--data-dir",
-            type=Path,
-            default=settings.DIGITS_DATA_DIR,
-            help=f"where MNIST is, as <dir>/MNIST/raw/; downloaded there when missing "
-            f"(default: DIGITS_DATA_DIR, now {settings.DIGITS_DATA_DIR})",
-        )
+        add_data_dir(parser, downloads=True)
         parser.add_argument(
             "--no-download",
             action="store_true",

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from classifier.management.commands.train import add_config_options
+from classifier.management.options import add_data_dir
 from classifier.ml.data import DataError, load_mnist
 from classifier.ml.detector import DetectorConfig, make_pools, train_detector
 from classifier.ml.model import build_model
@@ -52,13 +53,7 @@ class Command(BaseCommand):
             help=f"where to write the weights with the head "
             f"(default: DIGITS_WEIGHTS, now {settings.DIGITS_WEIGHTS})",
         )
-        parser.add_argument(
-            "--data-dir",
-            type=Path,
-            default=settings.DIGITS_DATA_DIR,
-            help=f"where MNIST is, as <dir>/MNIST/raw/ "
-            f"(default: DIGITS_DATA_DIR, now {settings.DIGITS_DATA_DIR})",
-        )
+        add_data_dir(parser)
         parser.add_argument(
             "--no-download",
             action="store_true",
