@@ -79,6 +79,12 @@ def write_with_touch(page: Page, cdp: CDPSession, number: str) -> None:
         cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
 
 
+def settled(page: Page) -> None:
+    """Wait until no request is in flight: live answers to the half-written number may still
+    arrive after the final one is shown, and the checks below are about the final one."""
+    expect(page.locator("#answer")).not_to_have_attribute("aria-busy", "true")
+
+
 def choose_number_mode(page: Page) -> None:
     page.get_by_label("A number").check()
     expect(page.locator("body")).to_have_attribute("data-mode", "number")
@@ -96,6 +102,7 @@ def test_a_number_written_with_the_mouse_is_read_with_a_box_per_digit(
     write_with_mouse(page, "205")
 
     expect(page.locator("#prediction")).to_have_text("205")
+    settled(page)
     boxes = page.locator("#boxes .box")
     expect(boxes).to_have_count(3)
     last = [m for m in visit.sent if m.get("type") == "predict"][-1]
@@ -134,6 +141,7 @@ def test_a_number_written_with_a_finger_on_a_phone_is_read_and_its_digits_tap(
     write_with_touch(page, page.context.new_cdp_session(page), "47")
 
     expect(page.locator("#prediction")).to_have_text("47")
+    settled(page)
     expect(page.locator("#boxes .box")).to_have_count(2)
     page.locator("#prediction .number-digit").nth(1).tap()
     expect(page.locator("#prediction .number-digit").nth(1)).to_have_class("number-digit selected")
@@ -148,6 +156,7 @@ def test_switching_back_to_one_digit_clears_the_number_and_squares_the_pad(
     choose_number_mode(page)
     write_with_mouse(page, "31")
     expect(page.locator("#prediction")).to_have_text("31")
+    settled(page)
 
     page.get_by_label("One digit").check()
     expect(page.locator("#prediction")).to_have_text("")

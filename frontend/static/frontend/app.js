@@ -201,6 +201,9 @@ function requestSettled(pending) {
 
 function showAnswer(answer, request) {
   if (request.context.mode !== mode) return; // asked before the mode changed
+  // Answers can come back out of order (live requests overlap): one for an older drawing never
+  // replaces the answer to a newer one.
+  if (request.context.version < shownVersion) return;
   if (Array.isArray(answer.digits)) {
     showNumber(answer, request);
     return;
