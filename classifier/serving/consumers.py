@@ -5,8 +5,8 @@ the same checks and limits, queued to the same workers, answered once. The consu
 touches the database (the worker stores corrections); it only adds the salted hash of the
 client's address (`client_hash`), computed once per socket, so that no address is stored.
 
-It never runs the model and never blocks the event loop: a valid request is handed to Celery
-from a thread (publishing is blocking socket I/O), and the answer arrives later as a
+It never runs the model and never blocks the event loop: a valid request is queued for the
+workers without blocking (classifier.serving.publish), and the answer arrives later as a
 channel-layer message on this consumer's own channel. Every accepted request is answered exactly
 once: with the worker's answer, or with a `timeout` error at its deadline (channels_redis may drop
 a message: a full channel, or one older than its expiry; a worker may die mid-batch), or with
@@ -30,7 +30,6 @@ import hashlib
 import itertools
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,9 +42,6 @@ from classifier.serving.limits import ConnectionCounter, TokenBucket
 
 logger = logging.getLogger(__name__)
 
-# Publishing threads, shared by all sockets of the process. Few are needed: a publish takes
-# about a millisecond, and Celery's producer pool is shared by them all.
-_publisher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="digits-publish")
 # Open sockets per client address, in this process.
 _connections = ConnectionCounter()
 
@@ -67,8 +63,8 @@ def client_hash(address: str) -> str:
 
 
 class PredictConsumer(AsyncWebsocketConsumer):
-    # The seams to the rest of the service, replaceable in tests: how a request is queued
-    # (blocking; called on a publishing thread) and who says whether a worker is alive.
+    # The seams to the rest of the service, replaceable in tests: how a request is queued (a
+    # coroutine that returns once the broker holds it) and who says whether a worker is alive.
     queue_request = staticmethod(publish.submit)
     worker_presence = staticmethod(presence.from_settings)
 
@@ -171,14 +167,8 @@ class PredictConsumer(AsyncWebsocketConsumer):
             request.id, received, loop.call_later(timeout, self._on_deadline, ticket)
         )
         try:
-            await loop.run_in_executor(
-                _publisher,
-                self.queue_request,
-                request,
-                self.channel_name,
-                ticket,
-                time.time() + timeout,
-                self._client_hash,
+            await self.queue_request(
+                request, self.channel_name, ticket, time.time() + timeout, self._client_hash
             )
         except Exception as exc:
             # Redis unreachable, typically: one line per request, not a traceback each.

@@ -1,16 +1,24 @@
 """Queuing a request for the workers: what the web process sends, and how.
 
-The consumer publishes by task name through the Celery app, so the web process never imports
-the task's module (celery-batches, the worker, torch).
+The consumer publishes by task name, so the web process never imports the task's module
+(celery-batches, the worker, torch). With the service's transport (`DIGITS_TRANSPORT=tuned`, the
+default) the task message is written from the event loop by classifier.transport.publisher, all
+waiting requests in one round trip; with `stock`, by Celery's `send_task` on a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
+
 from classifier.serving.protocol import EXPECT_DIGIT, FeedbackRequest, PredictRequest, Request
+from classifier.transport import publisher
 from digits_site.celery import app
 
 # The batched task workers run (classifier.serving.tasks.predict): it answers predictions and
@@ -58,10 +66,24 @@ def task_kwargs(
     return kwargs
 
 
-def submit(
+# `send_task` is blocking network I/O: with the stock transport it runs on these threads, shared
+# by all sockets of the process (a publish takes about a millisecond).
+_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="digits-publish")
+
+
+_encoder: publisher.TaskEncoder | None = None
+
+
+def direct() -> bool:
+    """Whether the event loop writes the task messages itself (classifier.transport.publisher),
+    rather than Celery's `send_task` on a thread."""
+    return settings.TUNED_TRANSPORT and publisher.supports(app)
+
+
+async def submit(
     request: Request, reply_channel: str, ticket: int, deadline: float, client_hash: str = ""
 ) -> None:
-    """Queue one request for the workers; blocking network I/O, so never on an event loop.
+    """Queue one request for the workers; returns once Redis holds it, else raises.
 
     The task carries where to answer (the consumer's channel and its ticket for the request) and
     the client's deadline (epoch seconds). celery-batches does not honour Celery's `expires`, so
@@ -69,13 +91,29 @@ def submit(
     `client_hash` (the consumer's salted hash of the client's address) travels with feedback
     only.
     """
-    app.send_task(
-        PREDICT_TASK,
-        kwargs=task_kwargs(request, reply_channel, ticket, deadline, client_hash, time.time()),
-        expires=datetime.fromtimestamp(deadline, UTC),
-        ignore_result=True,
-        # Celery would otherwise build these with its safe repr of every argument, the image
-        # included: a third of the cost of queuing (measured), and base64 noise in its logs.
-        argsrepr="()",
-        kwargsrepr=repr({"id": request.id, "ticket": ticket, "kind": request.kind}),
+    now = time.time()
+    kwargs = task_kwargs(request, reply_channel, ticket, deadline, client_hash, now)
+    # Celery would otherwise build this with its safe repr of every argument, the image included:
+    # a third of the cost of `send_task` (measured), and base64 noise in its logs.
+    kwargsrepr = repr({"id": request.id, "ticket": ticket, "kind": request.kind})
+    if direct():
+        global _encoder
+        if _encoder is None:
+            _encoder = publisher.TaskEncoder(app)
+        queue = app.conf.task_default_queue
+        message = _encoder.encode(PREDICT_TASK, kwargs, queue, deadline, now, kwargsrepr)
+        timeout = app.conf.broker_transport_options.get("socket_timeout", 10.0)
+        await publisher.for_loop(app.conf.broker_url, queue, timeout).publish(message)
+        return
+    await asyncio.get_running_loop().run_in_executor(
+        _threads,
+        functools.partial(
+            app.send_task,
+            PREDICT_TASK,
+            kwargs=kwargs,
+            expires=datetime.fromtimestamp(deadline, UTC),
+            ignore_result=True,
+            argsrepr="()",
+            kwargsrepr=kwargsrepr,
+        ),
     )

@@ -16,8 +16,16 @@ from importlib.metadata import PackageNotFoundError, version
 
 # Distribution -> (the minor version the overrides are tested against, what overrides it).
 TESTED_VERSIONS: dict[str, tuple[str, str]] = {
-    "kombu": ("5.7", "classifier.transport.broker (Channel._brpop_read, QoS.append/ack)"),
-    "celery": ("5.6", "classifier.transport.batching (the worker's strategy and timer)"),
+    "kombu": (
+        "5.7",
+        "classifier.transport.broker (Channel._brpop_read, QoS.append/ack) and "
+        "classifier.transport.publisher (kombu's Redis message format)",
+    ),
+    "celery": (
+        "5.6",
+        "classifier.transport.batching (the worker's strategy and timer) and "
+        "classifier.transport.publisher (send_task's message)",
+    ),
     "celery-batches": ("0.11", "classifier.transport.batching (Batches._tref/_buffer/_do_flush)"),
     "channels": ("4.3", "classifier.transport.channel_layer and replies (the layer's API)"),
     "channels-redis": (
@@ -25,7 +33,6 @@ TESTED_VERSIONS: dict[str, tuple[str, str]] = {
         "classifier.transport.channel_layer (receive, the reader) and "
         "classifier.transport.replies (the send script: the layer's storage)",
     ),
-    "daphne": ("4.2", "digits_site.devstack.web_argv (daphne's message-size options)"),
 }
 
 

@@ -14,15 +14,12 @@ upstream issue covers serving latency; the timer's re-arming is the bug this mod
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
 import redis
-from celery.worker.request import Request
-from celery_batches import Batches, SimpleRequest
-from celery_batches.trace import apply_batches_task
+from celery_batches import Batches
 
 
 class StreamBatches(Batches):
@@ -91,27 +88,6 @@ class StreamBatches(Batches):
         ):
             return  # the next turns of the event loop bring more: let the batch grow
         super()._do_flush()
-
-    def flush(self, requests: Collection[Request]) -> Any:
-        """celery-batches' `flush`, with a batch's acknowledgements sent to Redis together
-        (classifier.transport.broker: one round trip for the batch, not one per request)."""
-        early = [r for r in requests if not r.task.acks_late]
-        late = [r for r in requests if r.task.acks_late]
-
-        def acknowledge(batch: list[Request]) -> None:
-            if not batch:
-                return
-            qos = batch[0].message.channel.qos
-            with getattr(qos, "acks_together", contextlib.nullcontext)():
-                for request in batch:
-                    request.acknowledge()
-
-        return self._pool.apply_async(
-            apply_batches_task,
-            (self, ([SimpleRequest.from_request(r) for r in requests],), 0, None),
-            accept_callback=lambda *_: acknowledge(early),
-            callback=lambda *_: acknowledge(late),
-        )
 
     def _more_coming(self) -> bool:
         """Whether requests wait in Redis (another worker may take them: `max_wait` bounds

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from email.message import Message
 from typing import Any
 
 import pytest
@@ -22,13 +23,15 @@ from tests.helpers import Stack, render_digit_png
 pytestmark = pytest.mark.slow
 
 
-def fetch(url: str, method: str = "GET") -> tuple[int, dict[str, str], Any]:
+def fetch(url: str, method: str = "GET") -> tuple[int, Message, Any]:
+    """Status, headers (their names in any case, as HTTP has them) and the body, as JSON when it
+    is."""
     request = urllib.request.Request(url, method=method)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            status, headers, body = response.status, dict(response.headers), response.read()
+            status, headers, body = response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
-        status, headers, body = error.code, dict(error.headers), error.read()
+        status, headers, body = error.code, error.headers, error.read()
     return status, headers, json.loads(body) if body.startswith(b"{") else body
 
 
@@ -42,7 +45,7 @@ def ask(web: Stack) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def web_only(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """`web_only(**env)`: a daphne without a worker of its own, on the session's Redis unless
+    """`web_only(**env)`: a web server without a worker of its own, on the session's Redis unless
     told otherwise."""
     started: list[Stack] = []
 

@@ -73,15 +73,15 @@ class Queued:
 
 
 class Published:
-    """Stands in for Celery at `PredictConsumer.queue_request`: records every call (from the
-    consumer's publishing thread), or raises `failure` for the next `failures` calls."""
+    """Stands in for the broker at `PredictConsumer.queue_request`: records every call, or raises
+    `failure` for the next `failures` calls."""
 
     def __init__(self) -> None:
         self._calls: queue.Queue[Queued] = queue.Queue()
         self.failure: Exception | None = None
         self.failures = 0
 
-    def __call__(
+    async def __call__(
         self,
         request: Request,
         reply_channel: str,

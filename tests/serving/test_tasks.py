@@ -7,6 +7,7 @@ tests/e2e/test_service.py."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -68,7 +69,7 @@ def test_a_queued_request_is_plain_json_naming_it_without_its_image(
     settings.CELERY_TASK_DEFAULT_QUEUE = queue
     assert app.conf.task_default_queue == queue
     try:
-        publish.submit(request, "specific.test!reply", 7, deadline)
+        asyncio.run(publish.submit(request, "specific.test!reply", 7, deadline))
         client = redis.Redis.from_url(redis_url)
         try:
             raw = client.lrange(queue, 0, -1)
@@ -112,7 +113,7 @@ def test_a_queued_feedback_carries_its_label_and_the_clients_hash(
     )
     settings.CELERY_TASK_DEFAULT_QUEUE = queue
     try:
-        publish.submit(request, "specific.test!reply", 8, time.time() + 10, "ab" * 32)
+        asyncio.run(publish.submit(request, "specific.test!reply", 8, time.time() + 10, "ab" * 32))
         client = redis.Redis.from_url(redis_url)
         try:
             raw = client.lrange(queue, 0, -1)
@@ -134,3 +135,96 @@ def test_a_queued_feedback_carries_its_label_and_the_clients_hash(
     assert (kwargs["media_type"], kwargs["client_hash"]) == ("image/png", "ab" * 32)
     assert "feedback" in message["headers"]["kwargsrepr"]
     assert len(message["headers"]["kwargsrepr"]) < 100
+
+
+def _published(redis_url: str, settings: Any, tuned: bool, requests: list[PredictRequest]) -> list:
+    """The messages `publish.submit` pushes for `requests`, sent together, with the service's
+    transport (`tuned`) or Celery's `send_task`, oldest first (as a worker pops them)."""
+    queue = f"test-publish-{uuid.uuid4().hex[:10]}"
+    settings.CELERY_TASK_DEFAULT_QUEUE = queue
+    settings.TUNED_TRANSPORT = tuned
+    assert publish.direct() is tuned
+
+    async def send_all() -> None:
+        await asyncio.gather(
+            *(
+                publish.submit(r, "specific.t!r", n, time.time() + 10)
+                for n, r in enumerate(requests)
+            )
+        )
+
+    try:
+        asyncio.run(send_all())
+        client = redis.Redis.from_url(redis_url)
+        try:
+            raw = client.lrange(queue, 0, -1)
+        finally:
+            client.close()
+    finally:
+        delete_queue(redis_url, queue)
+    return [json.loads(item) for item in reversed(raw)]
+
+
+def test_the_service_writes_the_task_message_celery_would(redis_url: str, settings: Any) -> None:
+    """classifier.transport.publisher writes Celery's task message itself (kombu's Redis format):
+    every header, property and the body match what `send_task` pushes for the same request,
+    but for the ids, tags, and times, which differ per message."""
+    if app.conf.broker_url != redis_url:
+        pytest.skip(f"the Celery app publishes to {app.conf.broker_url}, not this session's Redis")
+    image = base64.b64encode(render_digit_png(3)).decode()
+    request = PredictRequest(id="same", media_type="image/png", image=image)
+    (ours,) = _published(redis_url, settings, True, [request])
+    (celerys,) = _published(redis_url, settings, False, [request])
+
+    def comparable(message: dict[str, Any]) -> dict[str, Any]:
+        args, kwargs, embed = json.loads(base64.b64decode(message["body"]))
+        headers = dict(message["headers"])
+        properties = dict(message["properties"])
+        for key in ("id", "root_id", "expires", "origin"):
+            assert headers.pop(key)
+        for key in ("correlation_id", "delivery_tag", "reply_to", "expiration"):
+            assert properties.pop(key)
+        assert properties["delivery_info"]["routing_key"].startswith("test-publish-")
+        properties["delivery_info"] = {**properties["delivery_info"], "routing_key": "the queue"}
+        assert 9000 < int(message["properties"]["expiration"]) <= 10000
+        assert headers["kwargsrepr"].startswith("{'id': 'same'")
+        kwargs.pop("sent_at")
+        kwargs.pop("deadline")
+        return {
+            **{k: v for k, v in message.items() if k not in ("body", "headers", "properties")},
+            "headers": headers,
+            "properties": properties,
+            "body": [args, kwargs, embed],
+        }
+
+    assert comparable(ours) == comparable(celerys)
+    assert ours["properties"]["correlation_id"] == ours["headers"]["id"]
+    assert ours["headers"]["root_id"] == ours["headers"]["id"]
+    assert ours["properties"]["delivery_tag"] != celerys["properties"]["delivery_tag"]
+    assert ours["headers"]["origin"].split("@")[1] == celerys["headers"]["origin"].split("@")[1]
+
+
+def test_requests_arriving_together_are_queued_in_order(redis_url: str, settings: Any) -> None:
+    """Many requests published at once (one LPUSH for those that wait together) reach the
+    queue once each, in the order they were published, each with its own id."""
+    if app.conf.broker_url != redis_url:
+        pytest.skip(f"the Celery app publishes to {app.conf.broker_url}, not this session's Redis")
+    image = base64.b64encode(render_digit_png(1)).decode()
+    requests = [PredictRequest(id=f"r{n}", media_type="image/png", image=image) for n in range(40)]
+    messages = _published(redis_url, settings, True, requests)
+    tickets = [json.loads(base64.b64decode(m["body"]))[1]["ticket"] for m in messages]
+    assert tickets == list(range(40))
+    assert len({m["headers"]["id"] for m in messages}) == 40
+
+
+def test_a_broker_that_cannot_be_reached_fails_the_publish(settings: Any) -> None:
+    """The consumer answers `unavailable` when a publish raises: it must raise, not hang."""
+    settings.TUNED_TRANSPORT = True
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    settings.CELERY_TASK_DEFAULT_QUEUE = f"test-publish-{uuid.uuid4().hex[:10]}"
+    assert publish.direct()
+    request = PredictRequest(id="lost", media_type="image/png", image="aGk=")
+    with pytest.raises(redis.exceptions.ConnectionError):
+        asyncio.run(
+            asyncio.wait_for(publish.submit(request, "specific.t!r", 0, time.time() + 5), 10)
+        )

@@ -1,6 +1,6 @@
 """The Redis transport (classifier/transport/broker.py) against a real Redis of this module's
 own: a backlog taken in one drain, recorded for redelivery exactly as kombu records it, within
-the prefetch limit, and acknowledged together."""
+the prefetch limit, and acknowledged a loop turn at a time."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu.asynchronous import get_event_loop, set_event_loop
 from kombu.transport import redis as kombu_redis
 
 from classifier.transport.broker import Transport
@@ -116,22 +117,73 @@ def test_messages_taken_but_never_acknowledged_are_delivered_again(
     assert all(raw.hget("unacked", m.delivery_tag) is None for m in received)
 
 
-def test_acknowledgements_made_together_remove_every_record(
-    private_redis: EmbeddedRedis, raw: redis.Redis, queue: Queue
+class FakeHub:
+    """Stands in for the worker's kombu event loop: keeps what is called soon for a test to run."""
+
+    def __init__(self) -> None:
+        self.soon: list[Any] = []
+
+    def call_soon(self, callback: Any, *args: Any) -> None:
+        self.soon.append(lambda: callback(*args))
+
+
+@pytest.fixture
+def hub() -> Iterator[FakeHub]:
+    fake = FakeHub()
+    previous = get_event_loop()
+    set_event_loop(fake)
+    try:
+        yield fake
+    finally:
+        set_event_loop(previous)
+
+
+def test_acknowledgements_of_one_loop_turn_reach_redis_together(
+    private_redis: EmbeddedRedis, raw: redis.Redis, queue: Queue, hub: FakeHub
 ) -> None:
+    """Acknowledgements made in one turn of the event loop (as Celery makes a batch's) are
+    done in memory at once and in Redis at the next turn, by one call."""
     publish(private_redis.url, queue, 5)
     received, connection = consume_once(private_redis.url, queue, prefetch=100)
     try:
         qos = connection.default_channel.qos
-        with qos.acks_together():
-            for message in received:
-                message.ack()
-            # Nothing has reached Redis yet; kombu's own bookkeeping is done.
-            assert all(raw.hget("unacked", m.delivery_tag) for m in received)
-            assert all(m.acknowledged for m in received)
+        for message in received:
+            message.ack()
+        # Nothing has reached Redis yet; kombu's own bookkeeping is done.
+        assert all(raw.hget("unacked", m.delivery_tag) for m in received)
+        assert all(m.acknowledged for m in received)
+        assert qos.can_consume_max_estimate() == 100
+        assert len(hub.soon) == 1
+        hub.soon.pop()()
         assert all(raw.hget("unacked", m.delivery_tag) is None for m in received)
         assert all(raw.zscore("unacked_index", m.delivery_tag) is None for m in received)
-        assert qos.can_consume_max_estimate() == 100
+    finally:
+        connection.release()
+
+
+def test_acknowledgements_still_waiting_reach_redis_when_the_channel_closes(
+    private_redis: EmbeddedRedis, raw: redis.Redis, queue: Queue, hub: FakeHub
+) -> None:
+    """A worker stopping between an acknowledgement and the loop's next turn sends it, and
+    puts back only what it never acknowledged."""
+    publish(private_redis.url, queue, 3)
+    received, connection = consume_once(private_redis.url, queue, prefetch=100)
+    received[0].ack()
+    received[1].ack()
+    connection.release()
+    assert all(raw.hget("unacked", m.delivery_tag) is None for m in received)
+    assert raw.llen(queue.name) == 1  # the third, put back
+
+
+def test_without_an_event_loop_an_acknowledgement_goes_at_once(
+    private_redis: EmbeddedRedis, raw: redis.Redis, queue: Queue
+) -> None:
+    assert get_event_loop() is None
+    publish(private_redis.url, queue, 1)
+    (message,), connection = consume_once(private_redis.url, queue, prefetch=100)
+    try:
+        message.ack()
+        assert raw.hget("unacked", message.delivery_tag) is None
     finally:
         connection.release()
 
