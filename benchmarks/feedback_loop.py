@@ -9,7 +9,7 @@ own), and each drawing of theirs varies around that hand (size, place, slant, a 
 and a smooth wobble of the strokes). The canvases are the page's own: white ink on black, at the
 size the page exports.
 
-Steps, all through the real service (`manage.py runstack`: a private Redis, a worker, daphne),
+Steps, all through the real service (`manage.py runstack`: a private Redis, a worker, uvicorn),
 with a temporary copy of the shipped weights as DIGITS_WEIGHTS and a temporary SQLite database:
 
 1. writers 1..W draw every digit `--per-digit` times through the websocket: each drawing is

@@ -1,4 +1,4 @@
-"""The whole serving path under load: websocket clients -> daphne -> Redis -> worker -> back.
+"""The whole serving path under load: websocket clients -> uvicorn -> Redis -> worker -> back.
 
     .venv/bin/python benchmarks/load.py                     # starts its own stack (runstack)
     .venv/bin/python benchmarks/load.py --url ws://127.0.0.1:8000/ws/predict/   # a running one
@@ -16,7 +16,7 @@ images, with the worker's own code, batch size and thread count: the service's t
 share of it is the serving overhead, in one run.
 
 Without `--url` the stack is `manage.py runstack` (what `make run` starts: a private Redis, one
-worker and daphne on a free port), or that against `--redis-url` with a queue and channel prefix
+worker and uvicorn on a free port), or that against `--redis-url` with a queue and channel prefix
 of its own; it is stopped at the end. Everything stays on the loopback interface.
 
 `--workers 1,2,4` runs the same phases once per worker count, each against a fresh
@@ -29,6 +29,10 @@ of `--number-length` digits drawn with the stroke templates on the page's number
 (384x192, as the page exports it), ask `"expect": "number"` and check the number read. Phases
 alternating between the two, at one client, compare a number's latency with a digit's in one
 run on the same machine load.
+
+`--direct` then runs the same phases against benchmarks/direct_server.py, a single-process
+websocket server with no queue and no batching running the worker's own code inline, and prints
+the service's throughput and latency as multiples of its.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -86,6 +91,8 @@ STACK_START_TIMEOUT = 180.0
 TIMING_NAMES = ("queue", "preprocess", "inference", "worker", "server")
 # The default phases' intervals (ms; 0: closed loop), for the default three --clients phases.
 DEFAULT_INTERVALS = [0, 125, 0]
+# What benchmarks/direct_server.py prints once it listens.
+DIRECT_READY = "Direct server listening"
 
 
 # --- Images -------------------------------------------------------------------------------------
@@ -621,6 +628,74 @@ def local_stack(
             shutil.rmtree(directory, ignore_errors=True)
 
 
+@contextmanager
+def direct_server(device: str) -> Iterator[Service]:
+    """benchmarks/direct_server.py on a free port (one process, no queue, no batching, the
+    worker's code inline), until the block ends."""
+    port = free_port()
+    argv = [sys.executable, str(ROOT / "benchmarks" / "direct_server.py"), "--port", str(port)]
+    process = subprocess.Popen(
+        [*argv, "--device", device],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if DIRECT_READY in line:
+                break
+        else:
+            raise RuntimeError(f"benchmarks/direct_server.py exited ({process.wait()})")
+        # Its later output (none expected) must not fill the pipe and stall it.
+        threading.Thread(target=process.stdout.read, daemon=True).start()
+        url, origin = f"ws://127.0.0.1:{port}/{PREDICT_PATH}", f"http://127.0.0.1:{port}"
+        yield Service(url, origin, None, {"direct": process.pid})
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def print_comparison(service: list[PhaseResult], direct: list[PhaseResult]) -> None:
+    """The service against the direct server, phase by phase (the same phases, one run)."""
+    print("\nService against the direct server (one process, no queue, no batching):")
+    for ours, theirs in zip(service, direct, strict=True):
+        mode = f"{ours.clients} clients x {ours.inflight}" + (
+            f" every {1000 * ours.interval:g} ms" if ours.interval else ""
+        )
+        ratio = ours.rate / theirs.rate if theirs.rate else float("nan")
+        p50 = _percentile(ours.latencies, 50) / _percentile(theirs.latencies, 50)
+        print(
+            f"  {mode}: {ours.rate:.1f} against {theirs.rate:.1f} predictions/s = {ratio:.2f}x; "
+            f"p50 {_percentile(ours.latencies, 50):.1f} against "
+            f"{_percentile(theirs.latencies, 50):.1f} ms = {p50:.2f}x; "
+            f"p99 {_percentile(ours.latencies, 99):.1f} against "
+            f"{_percentile(theirs.latencies, 99):.1f} ms; errors "
+            f"{sum(ours.errors.values())} and {sum(theirs.errors.values())}, lost "
+            f"{ours.lost} and {theirs.lost}"
+        )
+
+
+def print_overhead(results: list[PhaseResult], limit: float) -> None:
+    """The service's CPU per answer beyond the work itself (decode, preprocess and model, from
+    the in-process limit): what the path costs."""
+    work = 1000 / limit
+    for result in results:
+        service = sum(ms for role, ms in result.cpu_ms.items() if role != "clients")
+        if result.cpu_ms.keys() >= {"web", "worker"}:
+            print(
+                f"  {result.clients} clients x {result.inflight}: CPU per answer {service:.2f} ms "
+                f"(web, worker, Redis), of which the work {work:.2f} ms at the in-process limit: "
+                f"{service - work:.2f} ms of path"
+            )
+
+
 def _ready_workers(url: str) -> list[dict[str, object]]:
     """The workers /readyz lists; none until it answers 200."""
     try:
@@ -885,6 +960,12 @@ def main() -> int:
         help="DIGITS_DEVICE of the stack started here and of the in-process limit (default: cpu)",
     )
     parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="then run the same phases against benchmarks/direct_server.py (one process, no "
+        "queue, no batching, the same model and code) and compare (default: off)",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         default=Path(settings.DIGITS_DATA_DIR),
@@ -961,6 +1042,12 @@ def main() -> int:
                 print(f"Errors or lost answers: the stack's log is kept at {service.log}")
 
     print_number_ratio(results)
+    direct: list[PhaseResult] = []
+    if args.direct:
+        with direct_server(args.device) as server:
+            print(f"\nDirect server at {server.url}: the same phases")
+            direct = measure(server)
+        print_comparison(results, direct)
     if args.limit_seconds > 0:
         limit, batch = in_process_limit(images, args.limit_seconds, args.device)
         best = max(results, key=lambda r: r.rate)
@@ -970,7 +1057,8 @@ def main() -> int:
             f"({best.clients} clients) = {100 * best.rate / limit:.0f}% of it "
             f"(load average {_load(os.getloadavg())})"
         )
-    failed = any(r.lost or sum(r.errors.values()) for r in results)
+        print_overhead(results, limit)
+    failed = any(r.lost or sum(r.errors.values()) for r in results + direct)
     return 1 if failed else 0
 
 

@@ -281,7 +281,7 @@ DIGITS_PREPROCESS_THREADS = env_int("DIGITS_PREPROCESS_THREADS", 1)
 # How often (seconds, at most) a worker checks DIGITS_WEIGHTS for new weights before a batch.
 DIGITS_RELOAD_INTERVAL = env_float("DIGITS_RELOAD_INTERVAL", 0.5)
 
-# The largest websocket message the ASGI server (daphne) accepts; bigger ones close the socket
+# The largest websocket message the ASGI server (uvicorn) accepts; bigger ones close the socket
 # before any Python code sees them. It must hold the largest image the service accepts
 # (classifier.ml.input.MAX_IMAGE_BYTES) in base64 plus the envelope, so that every smaller
 # frame gets an error frame rather than a closed socket (tests/serving/test_protocol.py).
@@ -362,7 +362,7 @@ for _network in DIGITS_METRICS_ALLOWED:
 # --- Production: HTTPS behind a reverse proxy ---------------------------------------------------
 
 # A reverse proxy (nginx, a load balancer) in front sets X-Forwarded-For and X-Forwarded-Proto:
-# daphne then takes the client address from it (`--proxy-headers`, so the per-address limit
+# uvicorn then takes the client address from it (`--proxy-headers`, so the per-address limit
 # counts clients, not the proxy) and Django the scheme. Never set it without such a proxy: any
 # client could claim any address.
 DIGITS_BEHIND_PROXY = env_bool("DIGITS_BEHIND_PROXY", False)

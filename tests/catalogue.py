@@ -3,7 +3,7 @@
 Read by the protocol's tests (`parse_frame` on every frame), the fuzzing of the decoders
 (tests/serving/test_bad_input.py: every image through `preprocess`), the consumer in-process
 (tests/serving/test_consumers.py: every frame on one socket) and the real service
-(tests/e2e/test_service.py: all of it on one socket of a real daphne and worker).
+(tests/e2e/test_service.py: all of it on one socket of a real uvicorn and worker).
 
 Nothing is built at import time: every frame and image is made by a cached function the first
 time a test asks for it (the decompression bombs take a second or two to compress, and the

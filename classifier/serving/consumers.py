@@ -95,7 +95,7 @@ class PredictConsumer(AsyncWebsocketConsumer):
         metrics.WEBSOCKET_CONNECTIONS.inc()
         if not self._counted:
             # Accepted first so the client can read why: a refused handshake is an anonymous
-            # 403 to a browser, and daphne sends no close reason.
+            # 403 to a browser, and the server sends no close reason.
             logger.info("Refused a websocket from %s: %d already open", self._address, limit)
             await self._refuse(
                 None,

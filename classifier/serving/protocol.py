@@ -96,8 +96,8 @@ RATE_LIMITED = "rate_limited"  # over DIGITS_RATE_LIMIT, or DIGITS_MAX_IN_FLIGHT
 TOO_MANY_CONNECTIONS = "too_many_connections"  # over DIGITS_MAX_CONNECTIONS_PER_CLIENT
 
 # Websocket close code for a refused connection: 4000-4999 are the application's own (daphne's
-# autobahn refuses to send the registry's 1013 "Try Again Later"); 429 as in HTTP's Too Many
-# Requests.
+# autobahn, the server once used, refused to send the registry's 1013 "Try Again Later"); 429 as
+# in HTTP's Too Many Requests.
 CLOSE_TOO_MANY_CONNECTIONS = 4429
 
 # --- Limits --------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ django/channels_redis#422 (worked around in digits_site/settings.py). With
 `DIGITS_TRANSPORT=stock` the service uses `channels_redis.core.RedisChannelLayer` itself.
 
 Channels runs each consumer's `channel_layer.receive()` next to its websocket; when it raises,
-the consumer dies and daphne closes the socket with 1011. With plain channels_redis a Redis
+the consumer dies and the web server closes the socket with 1011. With plain channels_redis a Redis
 restart therefore closed every open websocket at once, and every page reconnected together.
 Here a failed receive returns a `LAYER_LOST` message instead, so the consumer answers
 its requests in flight with `unavailable` (their replies cannot arrive: Redis lost them) and keeps

@@ -2,7 +2,7 @@
 weights that cannot be served.
 
 The service runs on a Redis of this module's own (the machine's shared one must stay up), with
-two workers and one daphne started exactly as `make run` starts them. Every test of the running
+two workers and one uvicorn started exactly as `make run` starts them. Every test of the running
 service checks that every accepted request got exactly one answer (a prediction, or an error
 saying why), and ends with a good request answered. The figures are printed (`pytest -s`)
 for docs/testing.md.
@@ -54,7 +54,7 @@ def figures(name: str, counts: dict[str, Any]) -> None:
 def service(
     private_redis: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, Stack]]:
-    """Two stacks on the private Redis and one queue: `main` (worker A and daphne) and
+    """Two stacks on the private Redis and one queue: `main` (worker A and uvicorn) and
     `spare` (worker B only). The workers start together."""
     tag = uuid.uuid4().hex[:8]
     names = {"DIGITS_INFERENCE_QUEUE": f"faults-{tag}", "DIGITS_CHANNEL_PREFIX": f"faults-{tag}"}

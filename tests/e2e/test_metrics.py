@@ -1,4 +1,4 @@
-"""The metrics of a real service: a worker and daphne of this module's own (`make run`'s command
+"""The metrics of a real service: a worker and uvicorn of this module's own (`make run`'s command
 lines, a queue nobody else serves), so every count starts at zero and must end exact.
 
 After N answered requests the web's `digits_requests_total` sums to N, by outcome; the worker,

@@ -1,4 +1,4 @@
-"""`make run`: `manage.py runstack` starts Redis, a worker and daphne, restarts a worker that
+"""`make run`: `manage.py runstack` starts Redis, a worker and uvicorn, restarts a worker that
 dies, and stops them all.
 
 The restart tests print their figures (`pytest -s`): answers by kind, and how long after the
@@ -142,7 +142,7 @@ def test_with_no_redis_url_it_starts_a_private_redis_serves_and_stops_cleanly() 
         assert match, runstack.output
         redis_port = int(match[1])
         children = runstack.children()
-        assert len(children) == 3  # redis-server, the worker, daphne
+        assert len(children) == 3  # redis-server, the worker, uvicorn
 
         async def one_prediction() -> dict[str, Any]:
             client = DigitsClient.connect(

@@ -1,8 +1,8 @@
-"""The whole serving path, end to end: websocket -> daphne -> Celery on Redis -> a real worker
+"""The whole serving path, end to end: websocket -> uvicorn -> Celery on Redis -> a real worker
 process -> channel layer -> the same websocket. Nothing is mocked.
 
 Only what real processes show is here: the model's answers and their batching, the worker's
-refusals of bad images, a model swapped under traffic, daphne's own limit and its 403, the
+refusals of bad images, a model swapped under traffic, the web server's own limit and its 403, the
 worker's flush timer. Each rule of the consumer is tested in this process, one at a time, in
 tests/serving/test_consumers.py.
 """
@@ -264,7 +264,7 @@ def test_a_correction_after_an_answer_is_saved_in_the_database_once(stack: Stack
 
 
 def test_bad_input_on_one_socket_gets_clear_errors_and_then_an_answer(stack: Stack) -> None:
-    """The whole catalogue (tests/catalogue.py) on one socket through daphne: every bad frame is
+    """The whole catalogue (tests/catalogue.py) on one socket through uvicorn: every bad frame is
     answered by the consumer with its code and id, every hostile image (decompression bombs
     included) by the worker with its code, the socket stays open throughout, the worker logs
     no traceback, and a good request on the same socket is then answered with a prediction."""
@@ -296,7 +296,7 @@ def test_bad_input_on_one_socket_gets_clear_errors_and_then_an_answer(stack: Sta
 
 
 def test_a_message_over_the_servers_limit_closes_only_that_socket(stack: Stack) -> None:
-    """daphne itself refuses a message over DIGITS_WS_MAX_MESSAGE_BYTES: it closes that
+    """uvicorn itself refuses a message over DIGITS_WS_MAX_MESSAGE_BYTES: it closes that
     connection (code 1009, or a reset while the client is still sending) before any of our
     code reads it. The server keeps serving the other sockets and new ones."""
     too_big = "x" * (settings.DIGITS_WS_MAX_MESSAGE_BYTES + 1)
@@ -321,9 +321,9 @@ def test_a_message_over_the_servers_limit_closes_only_that_socket(stack: Stack) 
     assert beside["type"] == after["type"] == protocol.PREDICTION
 
 
-def test_only_pages_from_allowed_hosts_may_connect_through_daphne(stack: Stack) -> None:
+def test_only_pages_from_allowed_hosts_may_connect_through_uvicorn(stack: Stack) -> None:
     """The stack runs with DIGITS_ALLOWED_HOSTS=127.0.0.1,localhost,digits.example: a page of
-    digits.example is served; another origin's handshake is refused, which daphne answers with
+    digits.example is served; another origin's handshake is refused, which uvicorn answers with
     an HTTP 403 (every case of the origin check: tests/serving/test_consumers.py)."""
     assert "digits.example" in stack.env["DIGITS_ALLOWED_HOSTS"].split(",")
 

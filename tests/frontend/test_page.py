@@ -1,4 +1,4 @@
-"""The drawing page in a real browser against the real stack (daphne, Redis, Celery worker).
+"""The drawing page in a real browser against the real stack (uvicorn, Redis, Celery worker).
 
 Every test draws with real input events on the canvas and reads the answer the real model gave.
 """

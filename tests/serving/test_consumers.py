@@ -8,7 +8,7 @@ travel as a worker sends them (a `RedisChannelLayer` sending `protocol.answer_me
 consumer's channel). The publish seam (`PredictConsumer.queue_request`) is replaced with a queue
 the test reads, so the test decides when, whether and what a request is answered with.
 
-What only real processes show (daphne's limits and its 403, a worker's answers, faults of real
+What only real processes show (the web server's limits and its 403, a worker's answers, faults of real
 processes) is in tests/e2e/.
 """
 
@@ -252,7 +252,7 @@ class Service:
             client.close()
 
     def run(self, scenario: Callable[[], Awaitable[T]]) -> T:
-        """Run `scenario` on a fresh event loop, as daphne runs a consumer."""
+        """Run `scenario` on a fresh event loop, as uvicorn runs a consumer."""
 
         async def main() -> T:
             try:
@@ -714,8 +714,8 @@ def test_only_pages_from_allowed_hosts_may_connect(
 def test_the_sites_application_routes_the_socket_and_checks_its_origin(
     service: Service, settings: Any
 ) -> None:
-    """digits_site.asgi's application, as daphne serves it: a page of an allowed host reaches
-    the consumer at /ws/predict/; another origin is refused (daphne answers that refusal
+    """digits_site.asgi's application, as uvicorn serves it: a page of an allowed host reaches
+    the consumer at /ws/predict/; another origin is refused (uvicorn answers that refusal
     with 403: tests/e2e/test_service.py)."""
     settings.SECRET_KEY_FROM_ENV = True  # what DIGITS_SECRET_KEY gives a production server
     settings.CHANNEL_LAYERS = IN_MEMORY_LAYER

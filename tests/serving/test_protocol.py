@@ -117,7 +117,7 @@ def test_the_frame_limit_is_checked_before_parsing() -> None:
 
 def test_the_asgi_server_lets_every_frame_we_answer_through() -> None:
     """Frames up to MAX_FRAME_CHARS must reach the consumer (and get an error frame, not a
-    closed socket), so daphne's limit must be at least that."""
+    closed socket), so the web server's limit must be at least that."""
     assert settings.DIGITS_WS_MAX_MESSAGE_BYTES >= protocol.MAX_FRAME_CHARS
     largest = predict_frame("x" * protocol.MAX_ID_LENGTH, b"\0" * MAX_IMAGE_BYTES)
     assert len(largest.encode()) <= protocol.MAX_FRAME_CHARS

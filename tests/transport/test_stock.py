@@ -1,7 +1,7 @@
 """`DIGITS_TRANSPORT=stock`: the service on kombu, celery-batches and channels_redis as they ship.
 
 The fallback for a library release the overrides in classifier/transport do not fit yet. A
-real worker and daphne, nothing of classifier.transport in the path: every request answered,
+real worker and uvicorn, nothing of classifier.transport in the path: every request answered,
 each with its own digit, on several sockets at once.
 """
 
