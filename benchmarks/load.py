@@ -224,10 +224,10 @@ def stack_processes(root: int) -> dict[str, int]:
         if "celery" in command:
             node = argv[argv.index("-n") + 1] if "-n" in argv[:-1] else "worker"
             workers[node.split("@", 1)[0]] = int(entry.name)
-        elif "uvicorn" in command:
-            found.setdefault("web", int(entry.name))
         elif "redis-server" in command:
             found.setdefault("redis", int(entry.name))
+        else:  # the ASGI server
+            found.setdefault("web", int(entry.name))
     if len(workers) == 1:
         found["worker"] = next(iter(workers.values()))
     else:

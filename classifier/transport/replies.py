@@ -27,6 +27,7 @@ import redis
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer, get_channel_layer
 from channels_redis.core import RedisChannelLayer
+from redis.commands.core import Script
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ for i = 1, #KEYS do
 end
 return full
 """
+
+
+# Run by its SHA1 (EVALSHA; loaded once when Redis does not know it): no script text to send and
+# hash per batch.
+SEND_MANY = Script(None, SEND_MANY_SCRIPT.encode())
 
 
 class ReplySender:
@@ -133,8 +139,8 @@ class ReplySender:
             for position in positions:
                 argv.extend(args[position])
             try:
-                full = self._client(host).eval(
-                    SEND_MANY_SCRIPT, len(positions), *(keys[p] for p in positions), *argv
+                full = SEND_MANY(
+                    keys=[keys[p] for p in positions], args=argv, client=self._client(host)
                 )
             except redis.RedisError as exc:  # every answer to this host is lost
                 for position in positions:
