@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
 import warnings
+import zlib
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -238,12 +240,32 @@ def preprocess(data: bytes) -> np.ndarray:
     return to_mnist(decode_image(data))
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def encode_preview(image28: np.ndarray) -> str:
-    """A PNG data URL of the 28x28 image the model saw, for the page to show."""
+    """A PNG data URL of the 28x28 image the model saw, for the page to show.
+
+    Written here (signature, header, one zlib-compressed IDAT of the rows, each with filter 0,
+    end), not by Pillow: 0.05 instead of 0.10 ms and a few bytes smaller, on every answer.
+    """
     array = np.asarray(image28)
     if array.dtype != np.uint8:
         array = np.clip(np.round(array), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    # No `optimize`: it took 0.24 ms instead of 0.15 ms for 1 byte less, on every answer.
-    Image.fromarray(array).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    height, width = array.shape
+    rows = np.zeros((height, width + 1), dtype=np.uint8)  # a 0 (no filter) before each row
+    rows[:, 1:] = array
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
+    png = b"".join(
+        (
+            PNG_SIGNATURE,
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

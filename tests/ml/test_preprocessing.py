@@ -285,6 +285,15 @@ def test_no_pillow_exception_escapes(body, prefix):
 def test_encode_preview_round_trips(centred_seven):
     url = encode_preview(centred_seven)
     assert url.startswith("data:image/png;base64,")
-    decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
-    assert decoded.size == (IMAGE_SIZE, IMAGE_SIZE)
+    png = base64.b64decode(url.split(",", 1)[1])
+    Image.open(io.BytesIO(png)).verify()  # Pillow checks the chunks and their CRCs
+    decoded = Image.open(io.BytesIO(png))
+    assert decoded.size == (IMAGE_SIZE, IMAGE_SIZE) and decoded.mode == "L"
     assert np.array_equal(np.asarray(decoded), centred_seven)
+
+
+def test_encode_preview_rounds_a_float_image_into_grey_levels():
+    image = np.linspace(-10.0, 300.0, IMAGE_SIZE * IMAGE_SIZE).reshape(IMAGE_SIZE, IMAGE_SIZE)
+    url = encode_preview(image)
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+    assert np.array_equal(decoded, np.clip(np.round(image), 0, 255).astype(np.uint8))

@@ -8,8 +8,8 @@ travel as a worker sends them (a `RedisChannelLayer` sending `protocol.answer_me
 consumer's channel). The publish seam (`PredictConsumer.queue_request`) is replaced with a queue
 the test reads, so the test decides when, whether and what a request is answered with.
 
-What only real processes show (the web server's limits and its 403, a worker's answers, faults of real
-processes) is in tests/e2e/.
+What only real processes show (the web server's limits and its 403, a worker's answers, faults
+of real processes) is in tests/e2e/.
 """
 
 from __future__ import annotations
