@@ -1,7 +1,8 @@
 """Every place the service overrides a library's internals, and the versions they were made for.
 
-Each module here replaces a private part of kombu, celery-batches or channels_redis to take
-round trips out of the serving path; each docstring names the upstream version and code it
+Each module here replaces a private part of kombu, Celery, celery-batches or channels_redis (or,
+for the publisher, writes their storage format itself) to take round trips and CPU out of the
+serving path; each docstring names the upstream version and code it
 overrides, why, and what it measured. They are switched on together by `DIGITS_TRANSPORT=tuned`
 (the default); `DIGITS_TRANSPORT=stock` runs the libraries as they ship (digits_site/settings.py).
 

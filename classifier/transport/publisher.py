@@ -34,8 +34,10 @@ import redis.asyncio
 from celery import Celery
 from kombu.utils.json import dumps
 
-# Messages in one LPUSH at most: a burst of large images goes in several commands of a few MB.
+# One LPUSH carries at most this many messages, and more than one only while they total at most
+# PUSH_MAX_BYTES: a burst of large images goes in several commands of a few MB.
 PUSH_MAX = 64
+PUSH_MAX_BYTES = 4 * 1024 * 1024
 
 
 def supports(app: Celery) -> bool:
@@ -130,7 +132,13 @@ class Publisher:
     async def _flush(self) -> None:
         """Push what waits, then what arrived during that push, until nothing waits."""
         while self._waiting:
-            batch, self._waiting = self._waiting[:PUSH_MAX], self._waiting[PUSH_MAX:]
+            size = count = 0
+            for message, _ in self._waiting[:PUSH_MAX]:
+                size += len(message)
+                if count and size > PUSH_MAX_BYTES:
+                    break
+                count += 1
+            batch, self._waiting = self._waiting[:count], self._waiting[count:]
             try:
                 # LPUSH adds its values left to right and workers pop from the right: the
                 # first request in is the first out.
