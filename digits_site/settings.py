@@ -185,8 +185,9 @@ CELERY_BROKER_TRANSPORT = "classifier.transport.broker:Transport" if TUNED_TRANS
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Publishing fails fast when Redis is gone (the client gets `unavailable`) rather than blocking a
-# publishing thread on a dead connection (kombu's default socket timeout is none).
+# Publishing fails fast when Redis is gone (the client gets `unavailable`) rather than waiting on
+# a dead connection (kombu's default socket timeout is none); the web process's own publisher
+# (classifier.transport.publisher) takes the same timeouts.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 10, "socket_connect_timeout": 2}
 # Requests are plain data; nothing a client can influence is ever unpickled.
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -78,7 +78,8 @@ class Destination:
 
     url: str
     queue: str
-    timeout: float
+    timeout: float  # seconds, as Celery's (CELERY_BROKER_TRANSPORT_OPTIONS)
+    connect_timeout: float
     encoder: publisher.TaskEncoder
 
 
@@ -98,8 +99,10 @@ def destination() -> Destination | None:
 def _destination(tuned: bool, url: str, queue: str) -> Destination | None:
     if not (tuned and publisher.supports(app)):
         return None
-    timeout = float(app.conf.broker_transport_options.get("socket_timeout", 10.0))
-    return Destination(url, queue, timeout, publisher.TaskEncoder(app))
+    options = app.conf.broker_transport_options or {}
+    timeout = float(options.get("socket_timeout", 10.0))
+    connect_timeout = float(options.get("socket_connect_timeout", 2.0))
+    return Destination(url, queue, timeout, connect_timeout, publisher.TaskEncoder(app))
 
 
 async def submit(
@@ -121,7 +124,8 @@ async def submit(
     to = destination()
     if to is not None:
         message = to.encoder.encode(PREDICT_TASK, kwargs, to.queue, deadline, now, kwargsrepr)
-        await publisher.for_loop(to.url, to.queue, to.timeout).publish(message)
+        sender = publisher.for_loop(to.url, to.queue, to.timeout, to.connect_timeout)
+        await sender.publish(message)
         return
     await asyncio.get_running_loop().run_in_executor(
         _threads,

@@ -114,10 +114,12 @@ class Publisher:
     consumer still tells a client at once when its request could not be queued.
     """
 
-    def __init__(self, url: str, queue: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, queue: str, timeout: float = 10.0, connect_timeout: float = 2.0
+    ) -> None:
         self.queue = queue
         self._client = redis.asyncio.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 2.0)
+            url, socket_timeout=timeout, socket_connect_timeout=connect_timeout
         )
         self._waiting: list[tuple[bytes, asyncio.Future[None]]] = []
         self._flusher: asyncio.Future[None] | None = None
@@ -163,10 +165,12 @@ _publishers: weakref.WeakKeyDictionary[
 ] = weakref.WeakKeyDictionary()
 
 
-def for_loop(url: str, queue: str, timeout: float = 10.0) -> Publisher:
+def for_loop(
+    url: str, queue: str, timeout: float = 10.0, connect_timeout: float = 2.0
+) -> Publisher:
     """The running loop's publisher to `url` and `queue`, made at its first use."""
     publishers = _publishers.setdefault(asyncio.get_running_loop(), {})
     publisher = publishers.get((url, queue))
     if publisher is None:
-        publisher = publishers[url, queue] = Publisher(url, queue, timeout)
+        publisher = publishers[url, queue] = Publisher(url, queue, timeout, connect_timeout)
     return publisher
