@@ -49,7 +49,7 @@ _connections = ConnectionCounter()
 @dataclass
 class _Pending:
     request_id: str
-    received: float  # loop time the frame arrived (asyncio's monotonic clock)
+    received: float  # when the frame arrived (time.perf_counter())
     timer: asyncio.TimerHandle
 
 
@@ -80,7 +80,7 @@ class PredictConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         # Tickets, not client ids, key the requests in flight: a client may reuse an id.
-        opened = asyncio.get_running_loop().time()
+        opened = time.perf_counter()
         self._tickets = itertools.count()
         self._pending: dict[int, _Pending] = {}
         self._sends: set[asyncio.Task[None]] = set()
@@ -119,7 +119,8 @@ class PredictConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         loop = asyncio.get_running_loop()
-        received = loop.time()
+        # Not the loop's clock: uvloop's counts whole milliseconds.
+        received = time.perf_counter()
         if not self._counted:
             return  # refused connection, closing
         refusal: protocol.ProtocolError | None = None
@@ -188,7 +189,7 @@ class PredictConsumer(AsyncWebsocketConsumer):
         pending = self._pending.get(event["ticket"])
         if pending is not None and "timings_ms" in frame:
             frame["timings_ms"]["server"] = round(
-                (asyncio.get_running_loop().time() - pending.received) * 1000, 3
+                (time.perf_counter() - pending.received) * 1000, 3
             )
         await self._finish(event["ticket"], frame)
 
@@ -235,5 +236,5 @@ class PredictConsumer(AsyncWebsocketConsumer):
     async def _answer(self, frame: dict[str, Any], received: float, queued: bool) -> None:
         """Send one answer frame, and count it: the one place every answer is counted."""
         await self.send(text_data=protocol.encode(frame))
-        elapsed = asyncio.get_running_loop().time() - received
+        elapsed = time.perf_counter() - received
         metrics.web_answered(metrics.outcome(frame), elapsed, queued)
