@@ -6,7 +6,7 @@ change), and only a small MLP on their features (`DigitsCNN.detector`: the last 
 the second stage pooled, the ten logits) learns, with binary cross-entropy, digits (MNIST
 training digits and the same redrawn with the canvas brush, augmented as in training) from
 generated non-digits of the "train" split (`classifier.ml.outliers`). The features of every
-image are computed once, so the head trains in seconds; drawing the pools takes the time.
+image are computed once, then only the head trains (minutes on a CPU, with drawing the pools).
 The standardisation of the features is folded into the head's first layer, so the served head
 is two linear layers.
 
