@@ -46,7 +46,7 @@ from benchmarks.load import in_process_limit, machine_line, make_images  # noqa:
 from classifier.ml.inference import Predictor  # noqa: E402
 from classifier.ml.input import IMAGE_SIZE  # noqa: E402
 from classifier.ml.model import build_model, normalize  # noqa: E402
-from classifier.ml.weights import load_weights  # noqa: E402
+from classifier.ml.weights import config_from_metadata, load_weights  # noqa: E402
 from classifier.serving.batch import prepare_batch  # noqa: E402
 
 
@@ -72,9 +72,10 @@ def rate(
 
 
 def eager_model(weights: Path, device: torch.device) -> torch.nn.Module:
-    """The model as training leaves it: no folding, default memory layout."""
+    """The model as training leaves it (with its detector head, if it has one): no folding,
+    default memory layout."""
     state_dict, metadata = load_weights(weights)
-    model = build_model(metadata["architecture"])
+    model = build_model(config_from_metadata(metadata))
     model.load_state_dict(state_dict)
     return model.to(device).eval()
 

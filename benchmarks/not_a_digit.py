@@ -11,7 +11,8 @@ canvas drawings of them, split "calibration"), then measured on the evaluation s
 test digits drawn on the canvas, and generated non-digits of the "eval" split (other seeds, a
 held-out third of every alphabet, and the Armenian and Georgian alphabets, which training never
 sees). Prints a Markdown table of AUROC, FPR at 95% TPR and what each threshold rejects, then
-the share of each family rejected.
+the share of each family rejected. Weights that carry a threshold are also measured at it, as
+they serve.
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ def main() -> int:
             )
             report = rejection_report(model, rejection, sets)
             name = f"{score} (T={temperature:.2f})" if scaled else score
+            rows.append({"model": predictor.version, "method": name, **report})
+        if predictor.rejection is not None:  # what the file serves, as it was calibrated then
+            report = rejection_report(model, predictor.rejection, sets)
+            name = f"{predictor.rejection.score}, as stored ({predictor.rejection.threshold:.2f})"
             rows.append({"model": predictor.version, "method": name, **report})
 
     print()

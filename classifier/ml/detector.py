@@ -6,9 +6,14 @@ change), and only a small MLP on their features (`DigitsCNN.detector`: the last 
 the second stage pooled, the ten logits) learns, with binary cross-entropy, digits (MNIST
 training digits and the same redrawn with the canvas brush, augmented as in training) from
 generated non-digits of the "train" split (`classifier.ml.outliers`). The features of every
-image are computed once, so the head trains in seconds; drawing the pools takes the time.
+image are computed once, then only the head trains (minutes on a CPU, with drawing the pools).
 The standardisation of the features is folded into the head's first layer, so the served head
 is two linear layers.
+
+With `channels`, the head also reads a small convolutional branch of its own on the image
+(`DigitsCNN.detector_convs`), trained with it on the stored (augmented) images: features not
+learned for telling digits apart. It took four times as long to train and turned away no more
+unseen alphabets than the head alone (docs/model.md), so the default is without it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from torch import nn
 
 from classifier.ml.augment import AugmentConfig, augment_batch
 from classifier.ml.data import Split
-from classifier.ml.model import DigitsCNN, build_model, normalize
+from classifier.ml.model import DETECTOR_PREFIXES, DigitsCNN, build_model, normalize
 from classifier.ml.outliers import drawn_digits, make_outliers
 
 FEATURE_BATCH = 1000
@@ -42,17 +47,21 @@ def _option(default: Any, help: str, **argparse: Any) -> Any:
 class DetectorConfig:
     """Everything a detector run depends on; `manage.py train_detector` makes an option of each."""
 
-    width: int = _option(128, "hidden units of the detector head")
-    outlier_pool: int = _option(24_000, 'generated non-digits of the "train" split (negatives)')
-    drawn_pool: int = _option(4_000, "training digits redrawn with the canvas brush (positives)")
-    mnist_digits: int = _option(30_000, "MNIST training digits (positives)")
+    width: int = _option(256, "hidden units of the detector head")
+    channels: int = _option(
+        0, "channels of the detector's own convolutional branch on the image; 0: none"
+    )
+    outlier_pool: int = _option(38_000, 'generated non-digits of the "train" split (negatives)')
+    drawn_pool: int = _option(16_000, "training digits redrawn with the canvas brush (positives)")
+    mnist_digits: int = _option(55_000, "MNIST training digits (positives)")
     copies: int = _option(2, "augmented copies of every image besides the image itself")
-    epochs: int = _option(20, "passes over the features")
+    epochs: int = _option(30, "passes over the features")
     batch_size: int = _option(512, "feature rows per step")
     lr: float = _option(2e-3, "Adam learning rate (cosine to zero)")
     weight_decay: float = _option(1e-2, "AdamW weight decay")
     drawn_weight: float = _option(
-        1.0, "weight of the drawn digits, as a share of the digits' half of the loss"
+        2.0,
+        "weight of the drawn digits against the MNIST digits, within the digits' half of the loss",
     )
     seed: int = _option(1, "random seed of the pools, the augmentation and the head")
     threads: int | None = _option(1, "CPU threads for torch; none: torch's choice")
@@ -61,8 +70,8 @@ class DetectorConfig:
         for name in ("width", "outlier_pool", "drawn_pool", "mnist_digits", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1.")
-        if self.copies < 0:
-            raise ValueError("copies must not be negative.")
+        if self.copies < 0 or self.channels < 0:
+            raise ValueError("copies and channels must not be negative.")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("lr must be positive and weight_decay not negative.")
         if self.drawn_weight < 0:
@@ -95,16 +104,16 @@ def make_pools(config: DetectorConfig, train: Split) -> Pools:
     return Pools(images[: config.mnist_digits], drawn, outliers)
 
 
-def with_detector(model: DigitsCNN, width: int) -> DigitsCNN:
-    """A copy of `model` with a fresh detector head of `width` hidden units: the same tensors
-    otherwise, so the same logits."""
-    config = replace(model.config, detector_width=width)
+def with_detector(model: DigitsCNN, width: int, channels: int = 0) -> DigitsCNN:
+    """A copy of `model` with a fresh detector head of `width` hidden units (and a branch of
+    `channels`): the same tensors otherwise, so the same logits."""
+    config = replace(model.config, detector_width=width, detector_channels=channels)
     if not isinstance(model, DigitsCNN):
         raise TypeError("a detector head needs a DigitsCNN")
     out = build_model(config)
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("detector.")}
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(DETECTOR_PREFIXES)}
     missing, unexpected = out.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith("detector.") for k in missing):
+    if unexpected or any(not k.startswith(DETECTOR_PREFIXES) for k in missing):
         raise ValueError(f"model does not fit {config}: {missing} {unexpected}")
     return out.eval()
 
@@ -116,20 +125,23 @@ def features_of(
     copies: int,
     generator: torch.Generator,
     labels: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """What the detector reads of `images` (uint8 (N, 28, 28)): the images themselves, then
-    `copies` augmented versions of them (`augment_batch`, as in training)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the detector reads of the frozen network for `images` (uint8 (N, 28, 28)), and the
+    uint8 images it read them from (for the branch): the images themselves, then `copies`
+    augmented versions of them (`augment_batch`, as in training)."""
     model.eval()
     tensor = torch.as_tensor(images)
-    rows = []
+    rows, seen = [], []
     for copy in range(copies + 1):
         for start in range(0, len(tensor), FEATURE_BATCH):
             batch = tensor[start : start + FEATURE_BATCH]
             if copy:
                 part = None if labels is None else labels[start : start + FEATURE_BATCH]
-                batch = augment_batch(batch, generator, AugmentConfig(), part)
-            rows.append(model.detector_features(normalize(batch))[1].float())
-    return torch.cat(rows)
+                augmented = augment_batch(batch, generator, AugmentConfig(), part)
+                batch = (augmented[:, 0] * 255).round().to(torch.uint8)
+            rows.append(model.frozen_features(normalize(batch))[1].float())
+            seen.append(batch)
+    return torch.cat(rows), torch.cat(seen)
 
 
 @dataclass
@@ -159,9 +171,9 @@ def _train(
     model: nn.Module, pools: Pools, config: DetectorConfig, mnist_labels: torch.Tensor | None
 ) -> DetectorResult:
     started = time.perf_counter()
-    out = with_detector(model.cpu().eval(), config.width)
-    x, y, w = training_rows(out, pools, config, mnist_labels)
-    loss = fit_head(out, x, y, w, config)
+    out = with_detector(model.cpu().eval(), config.width, config.channels)
+    x, y, w, images = training_rows(out, pools, config, mnist_labels)
+    loss = fit_head(out, x, y, w, config, images)
     return DetectorResult(
         model=out,
         config=config,
@@ -178,15 +190,17 @@ def _train(
 
 def training_rows(
     model: DigitsCNN, pools: Pools, config: DetectorConfig, mnist_labels: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The features (N, F), targets (1: digit) and loss weights (mean 1) the head learns."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The frozen features (N, F), targets (1: digit), loss weights (mean 1) and uint8 images
+    (N, 28, 28) the detector learns."""
     generator = torch.Generator().manual_seed(config.seed)
     labels = None if mnist_labels is None else mnist_labels[: len(pools.mnist)].cpu()
-    groups = [
+    read = [
         features_of(model, pools.mnist, config.copies, generator, labels),
         features_of(model, pools.drawn, config.copies, generator),
         features_of(model, pools.outliers, config.copies, generator),
     ]
+    groups = [features for features, _ in read]
     x = torch.cat(groups)
     y = torch.cat([torch.ones(len(groups[0]) + len(groups[1])), torch.zeros(len(groups[2]))])
     # Digits and non-digits weigh half each; within the digits, the drawn ones weigh
@@ -199,27 +213,38 @@ def training_rows(
             torch.full((len(groups[2]),), 0.5 / max(len(groups[2]), 1)),
         ]
     ) * len(x)
-    return x, y, w
+    return x, y, w, torch.cat([images for _, images in read])
 
 
 def fit_head(
-    model: DigitsCNN, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, config: DetectorConfig
+    model: DigitsCNN,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor,
+    config: DetectorConfig,
+    images: torch.Tensor | None = None,
 ) -> float:
-    """Train `model.detector` (fresh) on the rows; the rest of the model is left as it is.
-    Returns the last epoch's mean loss."""
+    """Train `model.detector` (fresh), and its branch on `images` (uint8 (N, 28, 28), the
+    rows' images) when it has one; the rest of the model is left as it is. Returns the last
+    epoch's mean loss."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed + 1)
     mean, std = x.mean(dim=0), x.std(dim=0).clamp(min=1e-3)
     xs = (x - mean) / std
 
-    head = model.detector
+    head, convs = model.detector, model.detector_convs
     assert head is not None
+    if convs is not None and images is None:
+        raise ValueError("a detector with a branch learns from the rows' images")
+    trained = nn.ModuleList([head] if convs is None else [head, convs])
     with torch.no_grad():
-        for layer in head:
-            if isinstance(layer, nn.Linear):
+        for layer in trained.modules():
+            if hasattr(layer, "reset_parameters") and layer is not trained:
                 layer.reset_parameters()
-    head.train()
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    trained.train()
+    optimizer = torch.optim.AdamW(
+        trained.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     steps = config.epochs * math.ceil(len(xs) / config.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     loss_sum, seen = 0.0, 0
@@ -228,7 +253,10 @@ def fit_head(
         loss_sum, seen = 0.0, 0
         for start in range(0, len(xs), config.batch_size):
             index = order[start : start + config.batch_size]
-            logit = head(xs[index]).squeeze(1)
+            inputs = xs[index]
+            if convs is not None:
+                inputs = torch.cat([inputs, convs(normalize(images[index]))], dim=1)
+            logit = head(inputs).squeeze(1)
             loss = F.binary_cross_entropy_with_logits(logit, y[index], weight=w[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -237,12 +265,14 @@ def fit_head(
             loss_sum += float(loss.detach()) * len(index)
             seen += len(index)
         del epoch
-    head.eval()
-    # Fold the standardisation into the first layer: W (x - m) / s + b = (W / s) x + (b - W m / s).
+    trained.eval()
+    # Fold the standardisation into the first layer's columns of the frozen features:
+    # W (x - m) / s + b = (W / s) x + (b - W m / s); the branch's columns read it as it is.
     first = head[0]
+    frozen = x.shape[1]
     with torch.no_grad():
-        scaled = first.weight / std
+        scaled = first.weight[:, :frozen] / std
         first.bias -= scaled @ mean
-        first.weight.copy_(scaled)
+        first.weight[:, :frozen] = scaled
     model.eval()
     return loss_sum / max(seen, 1)

@@ -32,6 +32,9 @@ class ModelConfig:
     # Hidden units of the "is this a digit" head on the frozen features (`forward_scored`);
     # 0: no head (every file written before it had none).
     detector_width: int = 0
+    # Channels of the detector's own small convolutional branch on the 28x28 input, learned
+    # from scratch beside the frozen features; 0: none (the head reads frozen features only).
+    detector_channels: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "widths": list(self.widths)}
@@ -50,6 +53,7 @@ class ModelConfig:
                 dropout=float(values.get("dropout", cls.dropout)),
                 num_classes=int(values.get("num_classes", cls.num_classes)),
                 detector_width=int(values.get("detector_width", cls.detector_width)),
+                detector_channels=int(values.get("detector_channels", cls.detector_channels)),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad model arguments {values!r}") from exc
@@ -58,6 +62,8 @@ class ModelConfig:
             or min(config.widths) < 1
             or config.num_classes < 2
             or config.detector_width < 0
+            or config.detector_channels < 0
+            or (config.detector_channels and not config.detector_width)
         ):
             raise ValueError(f"bad model arguments {values!r}")
         return config
@@ -71,6 +77,8 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> list[nn.
     ]
 
 
+# The state-dict prefixes of the detector's tensors: all that a detector run trains.
+DETECTOR_PREFIXES = ("detector.", "detector_convs.")
 # Where `features` ends its second stage (after the 7x7 max pool): the detector head also
 # pools the 48 channels there.
 _STAGE_2_END = 11
@@ -81,13 +89,32 @@ def _pooled(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
 
 
+def detector_convs(channels: int) -> nn.Sequential:
+    """The detector's own branch: three small convolutions (28 -> 14 -> 7 -> 3 px) learned on
+    digits against non-digits, so the head is not bound to features learned for telling digits
+    apart (which need not separate letters from digits). At 8 channels, about 3% of the
+    network's multiply-adds."""
+    c = channels
+    return nn.Sequential(
+        *_conv(1, c),
+        nn.MaxPool2d(2),  # 14x14
+        *_conv(c, 2 * c),
+        nn.MaxPool2d(2),  # 7x7
+        *_conv(2 * c, 2 * c),
+        nn.MaxPool2d(2),  # 3x3
+        nn.Flatten(),
+    )
+
+
 class DigitsCNN(nn.Module):
     """Three stages of 3x3 convolutions (28 -> 14 -> 7 -> 3 px), then a linear classifier.
 
     With `detector_width`, a small MLP (the detector) reads the same features, the last stage's
     (flattened) and the second stage's (pooled), and the ten logits, and scores whether the
-    image is a digit at all. It is trained on its own with the rest frozen
-    (`classifier.ml.detector`), so the ten logits are those of the network without it.
+    image is a digit at all; with `detector_channels` it also reads a small convolutional
+    branch of its own on the input (`detector_convs`). Both are trained on their own with the
+    rest frozen (`classifier.ml.detector`), so the ten logits are those of the network without
+    them.
     """
 
     def __init__(self, config: ModelConfig | None = None):
@@ -111,6 +138,9 @@ class DigitsCNN(nn.Module):
             nn.Linear(w3 * 3 * 3, config.num_classes),
         )
         self.detector: nn.Sequential | None = None
+        self.detector_convs: nn.Sequential | None = None
+        if config.detector_channels:
+            self.detector_convs = detector_convs(config.detector_channels)
         if config.detector_width:
             self.detector = nn.Sequential(
                 nn.Linear(detector_inputs(config), config.detector_width),
@@ -122,13 +152,21 @@ class DigitsCNN(nn.Module):
         """Normalised images (N, 1, 28, 28) to logits (N, num_classes)."""
         return self.classifier(self.features(x))
 
-    def detector_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The logits (N, num_classes) and what the detector reads (N, `detector_inputs`), from
-        one pass through the network."""
+    def frozen_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits (N, num_classes) and what the detector reads of the network's own
+        features (N, `frozen_inputs`), from one pass through it."""
         stage2 = self.features[:_STAGE_2_END](x)
         last = self.features[_STAGE_2_END:](stage2)
         logits = self.classifier(last)
         return logits, torch.cat([last.flatten(1), _pooled(stage2), logits], dim=1)
+
+    def detector_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and all the detector reads (N, `detector_inputs`): the frozen features,
+        then its own branch's."""
+        logits, frozen = self.frozen_features(x)
+        if self.detector_convs is None:
+            return logits, frozen
+        return logits, torch.cat([frozen, self.detector_convs(x)], dim=1)
 
     def forward_scored(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (N, num_classes) and the detector's logit (N,), higher for digits, from the
@@ -139,11 +177,16 @@ class DigitsCNN(nn.Module):
         return logits, self.detector(features).squeeze(1)
 
 
-def detector_inputs(config: ModelConfig) -> int:
-    """How many numbers the detector reads: the last stage flattened (3x3), the second stage's
-    channels averaged and maxed, and the logits."""
+def frozen_inputs(config: ModelConfig) -> int:
+    """How many numbers the detector reads of the network: the last stage flattened (3x3), the
+    second stage's channels averaged and maxed, and the logits."""
     _, w2, w3 = config.widths
     return w3 * 3 * 3 + 2 * w2 + config.num_classes
+
+
+def detector_inputs(config: ModelConfig) -> int:
+    """How many numbers the detector head reads: the frozen features and its branch's (3x3)."""
+    return frozen_inputs(config) + 2 * config.detector_channels * 3 * 3
 
 
 # Named architectures, for the command line and for weights that name one. Loading refuses

@@ -3,6 +3,7 @@ logits as they were; weights without it still load; its threshold decides `is_di
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -19,7 +20,14 @@ from classifier.ml.detector import (
     with_detector,
 )
 from classifier.ml.inference import Predictor
-from classifier.ml.model import ARCHITECTURE, ModelConfig, build_model, normalize
+from classifier.ml.model import (
+    ARCHITECTURE,
+    ModelConfig,
+    build_model,
+    detector_inputs,
+    frozen_inputs,
+    normalize,
+)
 from classifier.ml.rejection import (
     Rejection,
     choose_threshold,
@@ -80,15 +88,43 @@ def test_the_head_leaves_the_ten_logits_unchanged() -> None:
     assert detector is not None and detector.shape == (5,)
 
 
-def test_the_folded_standardisation_gives_the_trained_scores() -> None:
-    model = with_detector(_base(), 8)
-    x, y, w = training_rows(model, _pools(), TINY_RUN, None)
-    fit_head(model, x, y, w, TINY_RUN)
+@pytest.mark.parametrize("channels", [0, 2])
+def test_the_folded_standardisation_gives_the_trained_scores(channels: int) -> None:
+    model = with_detector(_base(), 8, channels)
+    x, y, w, images = training_rows(model, _pools(), TINY_RUN, None)
+    assert images.shape == (len(x), 28, 28) and images.dtype == torch.uint8
+    fit_head(model, x, y, w, TINY_RUN, images)
     images = _images(4, 2)
     _, detector = outputs_of(model, images)
     with torch.inference_mode():
         _, features = model.detector_features(normalize(images))
         assert torch.allclose(model.detector(features).squeeze(1), detector, atol=1e-5)
+
+
+def test_a_branch_of_its_own_leaves_the_ten_logits_unchanged() -> None:
+    base = _base()
+    run = dataclasses.replace(TINY_RUN, channels=3)
+    model = train_detector(base, _pools(), run).model
+    assert model.config.detector_channels == 3 and model.detector_convs is not None
+    before, after = base.state_dict(), model.state_dict()
+    assert {n.split(".")[0] for n in set(after) - set(before)} == {"detector", "detector_convs"}
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    x = normalize(_images(5, 1))
+    with torch.inference_mode():
+        logits, detector = model.forward_scored(x)
+        _, features = model.detector_features(x)
+        assert torch.equal(model(x), base(x))
+        assert torch.allclose(logits, base(x), atol=1e-6)
+    assert detector is not None and detector.shape == (5,)
+    assert features.shape == (5, detector_inputs(model.config))
+    assert detector_inputs(model.config) == frozen_inputs(model.config) + 2 * 3 * 9
+
+
+def test_a_branch_needs_a_head() -> None:
+    with pytest.raises(ValueError, match="bad model arguments"):
+        ModelConfig.from_dict({"detector_channels": 4})
+    with pytest.raises(ValueError, match="channels"):
+        DetectorConfig(channels=-1)
 
 
 def test_weights_without_a_head_load_and_score_as_before(tmp_path) -> None:

@@ -11,6 +11,7 @@ from classifier.ml.outliers import (
     FAMILIES,
     SCRIPTS,
     SPLITS,
+    STROKE_MAKERS,
     characters,
     drawn_digits,
     families_for,
@@ -91,3 +92,24 @@ def test_drawn_digits_keep_their_labels_and_look_like_digits() -> None:
     # Each drawn with its own brush and slant, and a thick 1 is still a stroke, never an outlier.
     assert len({image.tobytes() for image in images}) == 4
     assert all(looks_like_a_stroke(image) for image in images)
+
+
+def test_invented_characters_are_several_joined_smooth_strokes() -> None:
+    counts, joined = [], 0
+    for seed in range(200):
+        strokes = STROKE_MAKERS["character"](np.random.default_rng(seed))
+        assert 1 <= len(strokes) <= 5
+        assert all(len(stroke) >= 2 for stroke in strokes)
+        assert np.isfinite(np.concatenate([np.asarray(s) for s in strokes])).all()
+        counts.append(len(strokes))
+        # A later stroke that starts on a point of an earlier one is joined to it.
+        points = [set(stroke) for stroke in strokes]
+        joined += any(
+            any(p in points[j] for p in strokes[k])
+            for k in range(1, len(strokes))
+            for j in range(k)
+        )
+    assert np.mean(counts) > 2 and joined > 60
+    # A single stroke is never a bare line: curves are smoothed into many points.
+    singles = [STROKE_MAKERS["character"](np.random.default_rng(s)) for s in range(200)]
+    assert all(len(c[0]) >= 5 for c in singles if len(c) == 1)

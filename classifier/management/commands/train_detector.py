@@ -21,7 +21,7 @@ from classifier.management.commands.train import add_config_options
 from classifier.management.options import add_data_dir
 from classifier.ml.data import DataError, load_mnist
 from classifier.ml.detector import DetectorConfig, make_pools, train_detector
-from classifier.ml.model import build_model
+from classifier.ml.model import DETECTOR_PREFIXES, build_model
 from classifier.ml.rejection import DETECTOR_SCORE, choose_threshold
 from classifier.ml.training import evaluate_model
 from classifier.ml.weights import WeightsError, config_from_metadata, load_weights, save_weights
@@ -72,9 +72,13 @@ class Command(BaseCommand):
             state_dict, base_meta = load_weights(options["base_weights"])
         except WeightsError as exc:
             raise CommandError(str(exc)) from exc
-        base_config = dataclasses.replace(config_from_metadata(base_meta), detector_width=0)
+        base_config = dataclasses.replace(
+            config_from_metadata(base_meta), detector_width=0, detector_channels=0
+        )
         base = build_model(base_config)
-        base.load_state_dict({k: v for k, v in state_dict.items() if not k.startswith("detector.")})
+        base.load_state_dict(
+            {k: v for k, v in state_dict.items() if not k.startswith(DETECTOR_PREFIXES)}
+        )
         try:
             data = load_mnist(options["data_dir"], download=not options["no_download"])
         except DataError as exc:
