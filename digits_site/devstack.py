@@ -52,7 +52,7 @@ def web_argv(host: str, port: int) -> list[str]:
     client address comes from X-Forwarded-For, from any peer (the proxy is the only one); else
     the headers are ignored, even from 127.0.0.1, which uvicorn would trust by default.
 
-    Why uvicorn and not daphne: the same requests cost the web process about a third less CPU
+    Why uvicorn and not daphne: the same requests cost the web process about a quarter less CPU
     (benchmarks/load.py; docs/performance.md). Compression is off: the frames are mostly base64
     PNG, which does not shrink, and deflating every answer costs CPU on both ends.
     """
