@@ -78,7 +78,7 @@ class TaskEncoder:
             task_id,
             name,
             args=(),
-            kwargs=dict(kwargs),
+            kwargs=kwargs,
             expires=expires,
             ignore_result=True,
             argsrepr="()",

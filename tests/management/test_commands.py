@@ -27,21 +27,16 @@ def run(*args: str) -> str:
     return out.getvalue()
 
 
+def evaluate_shipped(data_dir, *options: str) -> str:
+    """`manage.py evaluate` of the shipped weights on the CPU, with more `options`."""
+    return run(
+        "evaluate", "--weights", str(SHIPPED_WEIGHTS), "--data-dir", str(data_dir),
+        "--device", "cpu", *options,
+    )  # fmt: skip
+
+
 def test_evaluate_json_on_the_shipped_weights(data_dir):
-    result = json.loads(
-        run(
-            "evaluate",
-            "--weights",
-            str(SHIPPED_WEIGHTS),
-            "--data-dir",
-            str(data_dir),
-            "--device",
-            "cpu",
-            "--outliers-per-family",
-            "0",
-            "--json",
-        )
-    )
+    result = json.loads(evaluate_shipped(data_dir, "--outliers-per-family", "0", "--json"))
     assert result["accuracy"] >= 0.995
     assert "not_a_digit" not in result
     assert set(result["per_digit"]) == {str(d) for d in range(10)}
@@ -52,20 +47,7 @@ def test_evaluate_json_on_the_shipped_weights(data_dir):
 
 def test_evaluate_json_reports_what_the_threshold_rejects(data_dir):
     result = json.loads(
-        run(
-            "evaluate",
-            "--weights",
-            str(SHIPPED_WEIGHTS),
-            "--data-dir",
-            str(data_dir),
-            "--device",
-            "cpu",
-            "--outliers-per-family",
-            "6",
-            "--drawn",
-            "100",
-            "--json",
-        )
+        evaluate_shipped(data_dir, "--outliers-per-family", "6", "--drawn", "100", "--json")
     )
     report = result["not_a_digit"]
     assert report["rejection"] == load_weights(SHIPPED_WEIGHTS)[1]["rejection"]
@@ -77,19 +59,7 @@ def test_evaluate_json_reports_what_the_threshold_rejects(data_dir):
 
 
 def test_evaluate_text(data_dir):
-    text = run(
-        "evaluate",
-        "--weights",
-        str(SHIPPED_WEIGHTS),
-        "--data-dir",
-        str(data_dir),
-        "--device",
-        "cpu",
-        "--outliers-per-family",
-        "3",
-        "--drawn",
-        "50",
-    )
+    text = evaluate_shipped(data_dir, "--outliers-per-family", "3", "--drawn", "50")
     assert "Test accuracy:" in text and "true\\pred" in text
     assert "AUROC" in text and "Rejected per family: scribble" in text
 

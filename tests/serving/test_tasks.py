@@ -26,6 +26,16 @@ from digits_site.celery import app
 from tests.helpers import delete_queue, render_digit_png
 
 
+def take_queue(redis_url: str, queue: str) -> list[bytes]:
+    """Every message on `queue`, newest first as Redis lists them; the queue is deleted."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return client.lrange(queue, 0, -1)
+    finally:
+        client.close()
+        delete_queue(redis_url, queue)
+
+
 def test_predict_is_a_batched_task_with_the_configured_size_and_window() -> None:
     assert isinstance(predict, StreamBatches) and isinstance(predict, Batches)
     assert predict.name == PREDICT_TASK
@@ -70,13 +80,8 @@ def test_a_queued_request_is_plain_json_naming_it_without_its_image(
     assert app.conf.task_default_queue == queue
     try:
         asyncio.run(publish.submit(request, "specific.test!reply", 7, deadline))
-        client = redis.Redis.from_url(redis_url)
-        try:
-            raw = client.lrange(queue, 0, -1)
-        finally:
-            client.close()
     finally:
-        delete_queue(redis_url, queue)
+        raw = take_queue(redis_url, queue)
 
     assert len(raw) == 1
     message = json.loads(raw[0])
@@ -114,13 +119,8 @@ def test_a_queued_feedback_carries_its_label_and_the_clients_hash(
     settings.CELERY_TASK_DEFAULT_QUEUE = queue
     try:
         asyncio.run(publish.submit(request, "specific.test!reply", 8, time.time() + 10, "ab" * 32))
-        client = redis.Redis.from_url(redis_url)
-        try:
-            raw = client.lrange(queue, 0, -1)
-        finally:
-            client.close()
     finally:
-        delete_queue(redis_url, queue)
+        raw = take_queue(redis_url, queue)
 
     message = json.loads(raw[0])
     assert message["headers"]["task"] == PREDICT_TASK
@@ -155,13 +155,8 @@ def _published(redis_url: str, settings: Any, tuned: bool, requests: list[Predic
 
     try:
         asyncio.run(send_all())
-        client = redis.Redis.from_url(redis_url)
-        try:
-            raw = client.lrange(queue, 0, -1)
-        finally:
-            client.close()
     finally:
-        delete_queue(redis_url, queue)
+        raw = take_queue(redis_url, queue)
     return [json.loads(item) for item in reversed(raw)]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from classifier.management.options import add_data_dir
+from classifier.management.options import add_data_dir, add_no_download
 from classifier.ml.data import DataError, load_test_split
 from classifier.ml.devices import DEVICE_CHOICES
 from classifier.ml.inference import Predictor
@@ -46,11 +46,7 @@ class Command(BaseCommand):
             help=f"where to run; auto takes CUDA when present (default: DIGITS_DEVICE, now "
             f"{settings.DIGITS_DEVICE!r})",
         )
-        parser.add_argument(
-            "--no-download",
-            action="store_true",
-            help="fail instead of downloading MNIST when it is missing (default: download)",
-        )
+        add_no_download(parser)
         parser.add_argument(
             "--outliers-per-family",
             type=int,

@@ -23,7 +23,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
 from classifier import corrections
-from classifier.management.options import add_data_dir
+from classifier.management.options import add_data_dir, config_from_options
 from classifier.ml import modelstore
 from classifier.ml.data import DataError, Split, load_mnist
 from classifier.ml.devices import DEVICE_CHOICES, resolve_device
@@ -95,11 +95,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            config = FinetuneConfig(**{name: options[name] for name in OPTIONS})
-        except ValueError as exc:
-            option = str(exc).split(" ", 1)[0].replace("_", "-")
-            raise CommandError(f"--{option} {str(exc).split(' ', 1)[1]}") from exc
+        config = config_from_options(FinetuneConfig, options, OPTIONS)
         weights: Path = options["weights"]
         try:
             served_state, served_meta = load_weights(weights)

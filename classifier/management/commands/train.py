@@ -6,58 +6,25 @@ served weights path (the default) is how a new model is deployed: running worker
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 import sys
-import types
-import typing
 from pathlib import Path
-from typing import Any
 
 import torch
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from classifier.management.options import add_data_dir
+from classifier.management.options import (
+    add_config_options,
+    add_data_dir,
+    add_no_download,
+    config_from_options,
+)
 from classifier.ml.data import DataError, load_mnist
 from classifier.ml.rejection import calibrate
 from classifier.ml.report import build_report, format_confusion, per_digit_dict, write_report
 from classifier.ml.training import EpochStats, TrainConfig, evaluate_model, train
 from classifier.ml.weights import save_weights
-
-
-def add_config_options(
-    parser: CommandParser, config: type, defaults: dict[str, tuple[Any, str]]
-) -> None:
-    """One option per field of the dataclass `config`: its help, type and default come from
-    the field, so each default lives in one place. `defaults` replaces a field's default with
-    (value, how to show it), for the ones an environment setting chooses. A boolean field that
-    defaults to True becomes `--no-<name>`."""
-    hints = typing.get_type_hints(config)
-    for field in dataclasses.fields(config):
-        option = "--" + field.name.replace("_", "-")
-        extra = dict(field.metadata)
-        help_text = extra.pop("help")
-        default, shown = defaults.get(field.name, (field.default, None))
-        if shown is None:
-            shown = "none" if default is None else str(default)
-        kind = hints[field.name]
-        if kind is bool:
-            if default:
-                parser.add_argument(
-                    "--no-" + field.name.replace("_", "-"),
-                    dest=field.name,
-                    action="store_false",
-                    help=f"do not {help_text} (default: {field.name.replace('_', ' ')})",
-                )
-            else:
-                parser.add_argument(option, action="store_true", help=f"{help_text} (default: off)")
-            continue
-        if isinstance(kind, types.UnionType):  # `int | None`: the type that is not None
-            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-        parser.add_argument(
-            option, type=kind, default=default, help=f"{help_text} (default: {shown})", **extra
-        )
 
 
 class Command(BaseCommand):
@@ -81,11 +48,7 @@ class Command(BaseCommand):
             f"(default: DIGITS_WEIGHTS, now {settings.DIGITS_WEIGHTS})",
         )
         add_data_dir(parser, downloads=True)
-        parser.add_argument(
-            "--no-download",
-            action="store_true",
-            help="fail instead of downloading MNIST when it is missing (default: download)",
-        )
+        add_no_download(parser)
         parser.add_argument(
             "--no-progress",
             action="store_true",
@@ -93,13 +56,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options) -> None:
-        try:
-            config = TrainConfig(
-                **{f.name: options[f.name] for f in dataclasses.fields(TrainConfig)}
-            )
-        except ValueError as exc:
-            option = str(exc).split(" ", 1)[0].replace("_", "-")
-            raise CommandError(f"--{option} {str(exc).split(' ', 1)[1]}") from exc
+        config = config_from_options(TrainConfig, options)
         output: Path = options["output"]
         try:
             data = load_mnist(options["data_dir"], download=not options["no_download"])

@@ -17,8 +17,12 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from classifier.management.commands.train import add_config_options
-from classifier.management.options import add_data_dir
+from classifier.management.options import (
+    add_config_options,
+    add_data_dir,
+    add_no_download,
+    config_from_options,
+)
 from classifier.ml.data import DataError, load_mnist
 from classifier.ml.detector import DetectorConfig, make_pools, train_detector
 from classifier.ml.model import DETECTOR_PREFIXES, build_model
@@ -54,20 +58,10 @@ class Command(BaseCommand):
             f"(default: DIGITS_WEIGHTS, now {settings.DIGITS_WEIGHTS})",
         )
         add_data_dir(parser)
-        parser.add_argument(
-            "--no-download",
-            action="store_true",
-            help="fail instead of downloading MNIST when it is missing (default: download)",
-        )
+        add_no_download(parser)
 
     def handle(self, *args, **options) -> None:
-        try:
-            config = DetectorConfig(
-                **{f.name: options[f.name] for f in dataclasses.fields(DetectorConfig)}
-            )
-        except ValueError as exc:
-            option = str(exc).split(" ", 1)[0].replace("_", "-")
-            raise CommandError(f"--{option} {str(exc).split(' ', 1)[1]}") from exc
+        config = config_from_options(DetectorConfig, options)
         try:
             state_dict, base_meta = load_weights(options["base_weights"])
         except WeightsError as exc:
