@@ -8,11 +8,11 @@ the temperature that fits the MNIST validation labels; the energy score) and, fo
 detector head (`classifier.ml.detector`), the head's logit, a threshold is chosen
 on held-out digits only (`classifier.ml.rejection.choose_threshold`: MNIST validation and
 canvas drawings of them, split "calibration"), then measured on the evaluation sets: MNIST test,
-test digits drawn on the canvas, and generated non-digits of the "eval" split (other seeds, a
-held-out third of every alphabet, and the Armenian and Georgian alphabets, which training never
-sees). Prints a Markdown table of AUROC, FPR at 95% TPR and what each threshold rejects, then
-the share of each family rejected. Weights that carry a threshold are also measured at it, as
-they serve.
+test digits drawn on the canvas, and generated non-digits of the "eval" split (other seeds, and a
+third of every alphabet's letters that training never draws; weights trained with
+`train_detector --hold-out armenian,georgian,hebrew` never saw those alphabets at all). Prints
+a Markdown table of AUROC, FPR at 95% TPR and what each threshold rejects, then the share of
+each family rejected. Weights that carry a threshold are also measured at it, as they serve.
 """
 
 from __future__ import annotations

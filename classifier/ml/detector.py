@@ -31,7 +31,13 @@ from torch import nn
 from classifier.ml.augment import AugmentConfig, augment_batch
 from classifier.ml.data import Split
 from classifier.ml.model import DETECTOR_PREFIXES, DigitsCNN, build_model, normalize
-from classifier.ml.outliers import drawn_digits, make_outliers
+from classifier.ml.outliers import (
+    HELD_OUT_SCRIPTS,
+    SCRIPTS,
+    drawn_digits,
+    families_for,
+    make_outliers,
+)
 
 FEATURE_BATCH = 1000
 # Drawn on a half-size canvas, as outlier exposure's pools: preprocessing scales every drawing to
@@ -51,6 +57,9 @@ class DetectorConfig:
     channels: int = _option(
         0, "channels of the detector's own convolutional branch on the image; 0: none"
     )
+    spatial: bool = _option(
+        False, "let the head read where in the image the second stage's features are (3x3 grid)"
+    )
     outlier_pool: int = _option(38_000, 'generated non-digits of the "train" split (negatives)')
     drawn_pool: int = _option(16_000, "training digits redrawn with the canvas brush (positives)")
     mnist_digits: int = _option(55_000, "MNIST training digits (positives)")
@@ -62,6 +71,11 @@ class DetectorConfig:
     drawn_weight: float = _option(
         2.0,
         "weight of the drawn digits against the MNIST digits, within the digits' half of the loss",
+    )
+    hold_out: str = _option(
+        "",
+        "alphabets left out of the non-digits, comma-separated (a measuring run's: "
+        f"{','.join(HELD_OUT_SCRIPTS)}); none: every alphabet the fonts draw",
     )
     seed: int = _option(1, "random seed of the pools, the augmentation and the head")
     threads: int | None = _option(1, "CPU threads for torch; none: torch's choice")
@@ -78,6 +92,13 @@ class DetectorConfig:
             raise ValueError("drawn_weight must not be negative.")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be at least 1.")
+        unknown = sorted(set(self.held_out) - set(SCRIPTS))
+        if unknown:
+            raise ValueError(f"hold_out names no alphabet: {', '.join(unknown)}.")
+
+    @property
+    def held_out(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.hold_out.split(",") if name.strip())
 
     def hyperparameters(self) -> dict[str, Any]:
         return {**asdict(self), "pool_canvas_size": POOL_CANVAS_SIZE, "optimizer": "AdamW"}
@@ -100,14 +121,21 @@ def make_pools(config: DetectorConfig, train: Split) -> Pools:
     drawn, _ = drawn_digits(
         images[:count], labels[:count], "train", config.seed, size=POOL_CANVAS_SIZE
     )
-    outliers, _ = make_outliers(config.outlier_pool, "train", config.seed, size=POOL_CANVAS_SIZE)
+    families = families_for("train", config.held_out)
+    outliers, _ = make_outliers(
+        config.outlier_pool, "train", config.seed, families, size=POOL_CANVAS_SIZE
+    )
     return Pools(images[: config.mnist_digits], drawn, outliers)
 
 
-def with_detector(model: DigitsCNN, width: int, channels: int = 0) -> DigitsCNN:
+def with_detector(
+    model: DigitsCNN, width: int, channels: int = 0, spatial: bool = False
+) -> DigitsCNN:
     """A copy of `model` with a fresh detector head of `width` hidden units (and a branch of
-    `channels`): the same tensors otherwise, so the same logits."""
-    config = replace(model.config, detector_width=width, detector_channels=channels)
+    `channels`; reading the spatial grid): the same tensors otherwise, so the same logits."""
+    config = replace(
+        model.config, detector_width=width, detector_channels=channels, detector_spatial=spatial
+    )
     if not isinstance(model, DigitsCNN):
         raise TypeError("a detector head needs a DigitsCNN")
     out = build_model(config)
@@ -171,7 +199,7 @@ def _train(
     model: nn.Module, pools: Pools, config: DetectorConfig, mnist_labels: torch.Tensor | None
 ) -> DetectorResult:
     started = time.perf_counter()
-    out = with_detector(model.cpu().eval(), config.width, config.channels)
+    out = with_detector(model.cpu().eval(), config.width, config.channels, config.spatial)
     x, y, w, images = training_rows(out, pools, config, mnist_labels)
     loss = fit_head(out, x, y, w, config, images)
     return DetectorResult(

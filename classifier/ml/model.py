@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from classifier.ml.input import IMAGE_SIZE, MNIST_MEAN, MNIST_STD
@@ -35,6 +36,9 @@ class ModelConfig:
     # Channels of the detector's own small convolutional branch on the 28x28 input, learned
     # from scratch beside the frozen features; 0: none (the head reads frozen features only).
     detector_channels: int = 0
+    # Whether the head also reads the second stage's channels max-pooled to 3x3 (where in the
+    # image each stroke feature is), not only over the whole image; off in files without it.
+    detector_spatial: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "widths": list(self.widths)}
@@ -54,6 +58,7 @@ class ModelConfig:
                 num_classes=int(values.get("num_classes", cls.num_classes)),
                 detector_width=int(values.get("detector_width", cls.detector_width)),
                 detector_channels=int(values.get("detector_channels", cls.detector_channels)),
+                detector_spatial=_flag(values.get("detector_spatial", cls.detector_spatial)),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad model arguments {values!r}") from exc
@@ -63,10 +68,16 @@ class ModelConfig:
             or config.num_classes < 2
             or config.detector_width < 0
             or config.detector_channels < 0
-            or (config.detector_channels and not config.detector_width)
+            or ((config.detector_channels or config.detector_spatial) and not config.detector_width)
         ):
             raise ValueError(f"bad model arguments {values!r}")
         return config
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"not a boolean: {value!r}")
+    return value
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> list[nn.Module]:
@@ -82,6 +93,8 @@ DETECTOR_PREFIXES = ("detector.", "detector_convs.")
 # Where `features` ends its second stage (after the 7x7 max pool): the detector head also
 # pools the 48 channels there.
 _STAGE_2_END = 11
+# The grid `detector_spatial` pools the second stage's 7x7 over.
+SPATIAL_GRID = 3
 
 
 def _pooled(x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +171,10 @@ class DigitsCNN(nn.Module):
         stage2 = self.features[:_STAGE_2_END](x)
         last = self.features[_STAGE_2_END:](stage2)
         logits = self.classifier(last)
-        return logits, torch.cat([last.flatten(1), _pooled(stage2), logits], dim=1)
+        parts = [last.flatten(1), _pooled(stage2)]
+        if self.config.detector_spatial:
+            parts.append(F.adaptive_max_pool2d(stage2, SPATIAL_GRID).flatten(1))
+        return logits, torch.cat([*parts, logits], dim=1)
 
     def detector_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The logits and all the detector reads (N, `detector_inputs`): the frozen features,
@@ -179,9 +195,11 @@ class DigitsCNN(nn.Module):
 
 def frozen_inputs(config: ModelConfig) -> int:
     """How many numbers the detector reads of the network: the last stage flattened (3x3), the
-    second stage's channels averaged and maxed, and the logits."""
+    second stage's channels averaged and maxed (and maxed over each cell of a 3x3 grid, with
+    `detector_spatial`), and the logits."""
     _, w2, w3 = config.widths
-    return w3 * 3 * 3 + 2 * w2 + config.num_classes
+    spatial = w2 * SPATIAL_GRID * SPATIAL_GRID if config.detector_spatial else 0
+    return w3 * 3 * 3 + 2 * w2 + spatial + config.num_classes
 
 
 def detector_inputs(config: ModelConfig) -> int:

@@ -2,18 +2,19 @@
 
 No set of handwritten non-digits ships with the project, so it draws its own, the way a person
 would on the page: scribbles and zigzags, shapes (stars, hearts, arrows, crossed circles...),
-letters and symbols of fourteen scripts taken from the DejaVu fonts and redrawn along their
-skeletons with the canvas brush after a handwriting-like distortion, glyphs of an invented
+letters and symbols of fifteen scripts taken from the DejaVu fonts and of some forty more from
+Debian's Noto fonts (grouped by region), redrawn along their skeletons with the canvas brush
+after a handwriting-like distortion, glyphs of an invented
 alphabet (a few random strokes joined), characters of random invented alphabets as people draw
 an unknown script (smooth joined strokes, loops, bars, hooks and dots), pieces of digits, and
 several digits in one box. Every drawing goes through `to_mnist`, so the 28x28 image is what a
 worker would see.
 
 Three splits keep what trains the model, what chooses its threshold and what measures it apart:
-each split has its own seeds, and a third of every alphabet's characters (and the Armenian,
-Georgian and Hebrew alphabets entirely) appear only in "eval", so evaluation measures alphabets
-the model never saw. Canvas-style digits (`drawn_digits`) come from the same brush, for the
-other side of the threshold.
+each split has its own seeds, and a third of every alphabet's letters appears only in "eval".
+A measuring run also leaves whole alphabets out of training (`families_for(split, held_out)`,
+`HELD_OUT_SCRIPTS`), so that evaluation measures alphabets the model never saw. Canvas-style
+digits (`drawn_digits`) come from the same brush, for the other side of the threshold.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import math
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,18 +53,43 @@ SPLITS = ("train", "calibration", "eval")
 _SPLIT_SEEDS = {"train": 11, "calibration": 23, "eval": 37}
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
-FONT_FILES = (
-    "DejaVuSans.ttf",
-    "DejaVuSans-Bold.ttf",
-    "DejaVuSans-Oblique.ttf",
-    "DejaVuSans-ExtraLight.ttf",
-    "DejaVuSansCondensed.ttf",
-    "DejaVuSansMono.ttf",
-    "DejaVuSerif.ttf",
-    "DejaVuSerif-Bold.ttf",
-    "DejaVuSerif-Italic.ttf",
-    "DejaVuSerifCondensed.ttf",
+# Debian's fonts-noto-core: many more alphabets. Where it is not installed, the families that
+# need it are left out (logged) and the DejaVu ones still draw.
+NOTO_DIR = Path("/usr/share/fonts/truetype/noto")
+DEJAVU = tuple(
+    FONT_DIR / name
+    for name in (
+        "DejaVuSans.ttf",
+        "DejaVuSans-Bold.ttf",
+        "DejaVuSans-Oblique.ttf",
+        "DejaVuSans-ExtraLight.ttf",
+        "DejaVuSansCondensed.ttf",
+        "DejaVuSansMono.ttf",
+        "DejaVuSerif.ttf",
+        "DejaVuSerif-Bold.ttf",
+        "DejaVuSerif-Italic.ttf",
+        "DejaVuSerifCondensed.ttf",
+    )
 )
+
+
+HANGUL_FONTS = tuple(
+    Path("/usr/share/fonts/truetype/nanum") / name
+    for name in ("NanumGothic.ttf", "NanumGothicBold.ttf", "NanumMyeongjo.ttf", "NanumSquareR.ttf")
+)
+KANA_FONTS = (
+    Path("/usr/share/fonts/opentype/ipafont-gothic/ipag.ttf"),
+    Path("/usr/share/fonts/opentype/ipafont-mincho/ipam.ttf"),
+)
+
+
+def _noto(name: str) -> tuple[Path, ...]:
+    """The Noto fonts of one script: sans and serif, regular and bold, those that exist."""
+    return tuple(
+        NOTO_DIR / f"Noto{style}{name}-{weight}.ttf"
+        for style in ("Sans", "Serif")
+        for weight in ("Regular", "Bold")
+    )
 
 
 def _chars(*ranges: tuple[int, int], leave_out: str = "") -> str:
@@ -71,31 +98,118 @@ def _chars(*ranges: tuple[int, int], leave_out: str = "") -> str:
     )
 
 
+@dataclass(frozen=True)
+class Script:
+    """One alphabet: its letters (those written like digits left out) and the fonts to draw them
+    from (a letter is drawn only from the fonts that have it)."""
+
+    letters: str
+    fonts: tuple[Path, ...] = DEJAVU
+
+
+def _noto_script(name: str, *ranges: tuple[int, int], leave_out: str = "") -> Script:
+    return Script(_chars(*ranges, leave_out=leave_out), _noto(name))
+
+
 # Letters that people (and MNIST) write like digits are left out: O/o (0), I/l/i (1), Z/z (2),
-# S/s (5), B/b/G/g/q (6, 8, 9), and their look-alikes in other alphabets.
-SCRIPTS: dict[str, str] = {
-    "latin": _chars((0x41, 0x5A), (0x61, 0x7A), leave_out="OoIilZzSsBbGgqDJjTtCcUuVvx"),
-    "greek": _chars((0x391, 0x3A9), (0x3B1, 0x3C9), leave_out="ΟοΙιΖΒβΘθδσςΤτΧχΥυ\u03a2"),
-    "cyrillic": _chars((0x410, 0x44F), leave_out="ОоЗзБбЧчВвСсТтУуХх"),
-    "armenian": _chars((0x531, 0x556), (0x561, 0x586), leave_out="ՕօՅյՑցԳգ"),
-    "georgian": _chars((0x10D0, 0x10F0), leave_out="ႣႩ"),
-    "hebrew": _chars((0x5D0, 0x5EA), leave_out="וןך"),
-    "arabic": _chars((0x628, 0x63A), (0x641, 0x64A), leave_out="هو"),
-    "symbol": "&@#%$?!§¶†‡∞≈≠±√∑∏∫∂∆∇⊕⊗♥♠♣♦★☆☺☹♪♫☂☀☃✓✗✚✿❀➔⌘©®€£¥¤Ω※⁂",
+# S/s (5), B/b/G/g/q (6, 8, 9), and their look-alikes in other alphabets. A family of several
+# scripts picks one script, then one letter, so each script is drawn as often.
+SCRIPTS: dict[str, tuple[Script, ...]] = {
+    "latin": (Script(_chars((0x41, 0x5A), (0x61, 0x7A), leave_out="OoIilZzSsBbGgqDJjTtCcUuVvx")),),
+    "greek": (
+        Script(_chars((0x391, 0x3A9), (0x3B1, 0x3C9), leave_out="ΟοΙιΖΒβΘθδσςΤτΧχΥυ\u03a2")),
+    ),
+    "cyrillic": (Script(_chars((0x410, 0x44F), leave_out="ОоЗзБбЧчВвСсТтУуХх")),),
+    "armenian": (
+        Script(
+            _chars((0x531, 0x556), (0x561, 0x586), leave_out="ՕօՅյՑցԳգ"), DEJAVU + _noto("Armenian")
+        ),
+    ),
+    "georgian": (Script(_chars((0x10D0, 0x10F0), leave_out="ႣႩ"), DEJAVU + _noto("Georgian")),),
+    "hebrew": (
+        Script(
+            _chars((0x5D0, 0x5EA), leave_out="וןך"),
+            DEJAVU + _noto("Hebrew") + (NOTO_DIR / "NotoRashiHebrew-Regular.ttf",),
+        ),
+    ),
+    "arabic": (Script(_chars((0x628, 0x63A), (0x641, 0x64A), leave_out="هو")),),
+    "symbol": (Script("&@#%$?!§¶†‡∞≈≠±√∑∏∫∂∆∇⊕⊗♥♠♣♦★☆☺☹♪♫☂☀☃✓✗✚✿❀➔⌘©®€£¥¤Ω※⁂"),),
     # More scripts the DejaVu fonts draw, for variety: the more alphabets the detector learns
     # from, the better it turns away those it never saw.
-    "ipa": _chars((0x250, 0x2AF), leave_out="ɑɒɔɜɝɞɡɢɩɪɵʒʓʔʕʖʘʡʢʃʅʆʇʈ"),
-    "tifinagh": _chars((0x2D30, 0x2D67), leave_out="ⵀⵏⵔⵙⵉ"),
-    "syllabics": _chars((0x1400, 0x167F)),
-    "nko": _chars((0x7CA, 0x7EA)),
-    "lao": _chars((0xE81, 0xEAE)),
-    "lisu": _chars((0xA4D0, 0xA4F7), leave_out="\ua4f2\ua4f3\ua4dc\ua4e2\ua4dd\ua4d6"),
+    "ipa": (Script(_chars((0x250, 0x2AF), leave_out="ɑɒɔɜɝɞɡɢɩɪɵʒʓʔʕʖʘʡʢʃʅʆʇʈ")),),
+    "tifinagh": (Script(_chars((0x2D30, 0x2D67), leave_out="ⵀⵏⵔⵙⵉ")),),
+    "syllabics": (Script(_chars((0x1400, 0x167F))),),
+    "nko": (Script(_chars((0x7CA, 0x7EA))),),
+    "lao": (Script(_chars((0xE81, 0xEAE))),),
+    "lisu": (Script(_chars((0xA4D0, 0xA4F7), leave_out="\ua4f2\ua4f3\ua4dc\ua4e2\ua4dd\ua4d6")),),
     # Letters of African and Native American orthographies and older forms: new shapes, not
     # the Latin ones with accents, nor those like digits (reversed s, yogh...).
-    "latin_extended": "ƆƇƈƉƊƋƌƎƏƑƒƔƕƗƘƙƚƛƜƝƞƤƥƦƩƪƫƬƭƮƱƲƳƴƶƾƿǄǆǶǷȡȤȥȴȵȶȸȹȺȻȼȽȾȿɀɄɅɆɇɈɉɌɍɎɏ",
+    "latin_extended": (
+        Script("ƆƇƈƉƊƋƌƎƏƑƒƔƕƗƘƙƚƛƜƝƞƤƥƦƩƪƫƬƭƮƱƲƳƴƶƾƿǄǆǶǷȡȤȥȴȵȶȸȹȺȻȼȽȾȿɀɄɅɆɇɈɉɌɍɎɏ"),
+    ),
+    # Consonants and vowels of the Noto fonts' alphabets, by region. Loops, hooks and headlines
+    # drawn by hand are what unseen alphabets look like to the model.
+    "indic": (
+        _noto_script("Bengali", (0x985, 0x9B9)),
+        _noto_script("Devanagari", (0x905, 0x939)),
+        _noto_script("Gujarati", (0xA85, 0xAB9)),
+        _noto_script("Gurmukhi", (0xA05, 0xA39)),
+        _noto_script("Kannada", (0xC85, 0xCB9)),
+        _noto_script("Malayalam", (0xD05, 0xD39)),
+        _noto_script("Oriya", (0xB05, 0xB39)),
+        _noto_script("Tamil", (0xB85, 0xBB9)),
+        _noto_script("Telugu", (0xC05, 0xC39)),
+        _noto_script("Sinhala", (0xD85, 0xDC6)),
+        _noto_script("Tibetan", (0xF40, 0xF6C)),
+        _noto_script("MeeteiMayek", (0xABC0, 0xABDA)),
+        _noto_script("SylotiNagri", (0xA800, 0xA82B)),
+    ),
+    "asian": (
+        _noto_script("Thai", (0xE01, 0xE2E)),
+        _noto_script("Khmer", (0x1780, 0x17A2)),
+        _noto_script("Myanmar", (0x1000, 0x102A), leave_out="\u101d"),  # wa, a ring: a 0
+        _noto_script("Javanese", (0xA984, 0xA9B2)),
+        _noto_script("Balinese", (0x1B05, 0x1B33)),
+        _noto_script("Tagalog", (0x1700, 0x1711)),
+        _noto_script("Yi", (0xA000, 0xA48C)),
+    ),
+    "african": (
+        _noto_script("Ethiopic", (0x1200, 0x135A)),
+        _noto_script("Vai", (0xA500, 0xA60B)),
+        _noto_script("Bamum", (0xA6A0, 0xA6EF)),
+        _noto_script("Adlam", (0x1E900, 0x1E943)),
+    ),
+    "west_asian": (
+        _noto_script("Syriac", (0x710, 0x72F)),
+        _noto_script("Thaana", (0x780, 0x7A5)),
+        _noto_script("Samaritan", (0x800, 0x815)),
+        _noto_script("Mandaic", (0x840, 0x858)),
+        _noto_script("Avestan", (0x10B00, 0x10B35)),
+    ),
+    "historic": (
+        _noto_script("Runic", (0x16A0, 0x16EA), leave_out="ᛁᛂᛌᛍᛧ"),  # bars: a 1
+        _noto_script("Glagolitic", (0x2C00, 0x2C2E)),
+        _noto_script("Gothic", (0x10330, 0x1034A)),
+        _noto_script("OldTurkic", (0x10C00, 0x10C48)),
+        _noto_script("LinearB", (0x10000, 0x1005D)),
+        _noto_script("OldItalic", (0x10300, 0x1031F)),
+        _noto_script("Phoenician", (0x10900, 0x10915)),
+        _noto_script("Deseret", (0x10400, 0x1044F)),
+        _noto_script("Shavian", (0x10450, 0x1047F)),
+        _noto_script("OldHungarian", (0x10C80, 0x10CB2)),
+    ),
+    # Korean letters and Japanese kana, from fonts-nanum and fonts-ipafont. Left out: ieung (a
+    # ring), giyeok (a 7), mieum and ro (boxes: a 0), the bars, and kana like 1, 2 or 7.
+    "east_asian": (
+        Script(_chars((0x3131, 0x314E), leave_out="ㄱㅁㅇ"), HANGUL_FONTS),
+        Script(_chars((0x314F, 0x3163), leave_out="ㅡㅣ"), HANGUL_FONTS),
+        Script(_chars((0x3041, 0x3096), leave_out="ぃいしっつへ"), KANA_FONTS),
+        Script(_chars((0x30A1, 0x30FA), leave_out="ロヘーㇸ"), KANA_FONTS),
+    ),
 }
-# Alphabets seen only in evaluation: it measures alphabets the model never saw.
-EVAL_ONLY_SCRIPTS = ("armenian", "georgian", "hebrew")
+# The alphabets a measuring run leaves out of training (`families_for(..., held_out)`), so that
+# evaluation measures alphabets the model never saw.
+HELD_OUT_SCRIPTS = ("armenian", "georgian", "hebrew")
 
 STROKE_FAMILIES = (
     "scribble",
@@ -104,6 +218,7 @@ STROKE_FAMILIES = (
     "glyph",
     "character",
     "digit_piece",
+    "turned_digit",
     "multi_digit",
 )
 FAMILIES = (*STROKE_FAMILIES, *SCRIPTS)
@@ -396,6 +511,29 @@ def _digit_piece(rng: np.random.Generator) -> list[Polyline]:
     return pieces or strokes[:1]
 
 
+# Digits turned until they are none: the near misses that show the detector where digits end.
+# Turned half way, 6 and 9 are each other, and 0, 1, 2, 5 and 8 look much the same, so those
+# are left out; on their side, 5, 6 and 9 (slanted as people slant) can still read as digits.
+_TURNS = {"mirror": (3, 4, 6, 7, 9), "half": (3, 4, 7), "quarter": (2, 3, 4, 7)}
+
+
+def _turned_digit(rng: np.random.Generator) -> list[Polyline]:
+    """A digit mirrored, upside down or on its side."""
+    turn = str(rng.choice(list(_TURNS)))
+    strokes = _template(rng, _TURNS[turn])
+    side = 1.0 if rng.random() < 0.5 else -1.0
+
+    def moved(x: float, y: float) -> tuple[float, float]:
+        x, y = x - 0.5, y - 0.5
+        if turn == "mirror":
+            return 0.5 - x, 0.5 + y
+        if turn == "half":
+            return 0.5 - x, 0.5 - y
+        return 0.5 - side * y, 0.5 + side * x
+
+    return [[moved(x, y) for x, y in stroke] for stroke in strokes]
+
+
 def _multi_digit(rng: np.random.Generator) -> list[Polyline]:
     """Two or three digits side by side (or stacked) in one box."""
     count = int(rng.integers(2, 4))
@@ -414,6 +552,7 @@ STROKE_MAKERS: dict[str, Callable[[np.random.Generator], list[Polyline]]] = {
     "glyph": _glyph,
     "character": _character,
     "digit_piece": _digit_piece,
+    "turned_digit": _turned_digit,
     "multi_digit": _multi_digit,
 }
 
@@ -455,40 +594,54 @@ def draw_strokes(
 
 
 @functools.cache
-def _font(name: str, size: int) -> ImageFont.FreeTypeFont | None:
+def _font(path: Path, size: int) -> ImageFont.FreeTypeFont | None:
+    if not path.is_file():  # else Pillow looks for a font of that name in the system's folders
+        return None
     try:
-        return ImageFont.truetype(str(FONT_DIR / name), size)
+        return ImageFont.truetype(str(path), size)
     except OSError:
         return None
 
 
 @functools.cache
-def _missing_glyph(name: str) -> bytes:
-    font = _font(name, 64)
+def _missing_glyph(path: Path) -> bytes:
+    font = _font(path, 64)
     return bytes(font.getmask("\U0010fffd")) if font else b""
 
 
 @functools.cache
-def fonts_for(char: str) -> tuple[str, ...]:
-    """The fonts of `FONT_FILES` that draw `char` (not their missing-glyph box)."""
+def fonts_for(char: str, fonts: tuple[Path, ...] = DEJAVU) -> tuple[Path, ...]:
+    """The installed `fonts` that draw `char` (not their missing-glyph box)."""
     found = []
-    for name in FONT_FILES:
-        font = _font(name, 64)
+    for path in fonts:
+        font = _font(path, 64)
         if font is None:
             continue
         mask = font.getmask(char)
-        if mask.getbbox() and bytes(mask) != _missing_glyph(name):
-            found.append(name)
+        if mask.getbbox() and bytes(mask) != _missing_glyph(path):
+            found.append(path)
     return tuple(found)
 
 
-def characters(script: str, split: str) -> str:
-    """The characters of `script` that `split` draws: a fixed third of each alphabet (and every
-    character of `EVAL_ONLY_SCRIPTS`) is kept for "eval"; the fonts must draw them."""
+@functools.cache
+def _split_letters(script: Script, split: str) -> str:
+    drawn = [c for c in script.letters if fonts_for(c, script.fonts)]
+    kept = [c for c in drawn if zlib.crc32(c.encode()) % 3 == 0]
+    return "".join(kept if split == "eval" else [c for c in drawn if c not in kept])
+
+
+def letters(family: str, split: str) -> list[tuple[Script, str]]:
+    """Each script of `family` with the letters `split` draws of it (scripts with none left
+    out): a fixed third of every alphabet is kept for "eval", the rest for the other splits;
+    the fonts must draw them."""
     _check_split(split)
-    chars = [c for c in SCRIPTS[script] if fonts_for(c)]
-    held = [c for c in chars if script in EVAL_ONLY_SCRIPTS or zlib.crc32(c.encode()) % 3 == 0]
-    return "".join(held if split == "eval" else [c for c in chars if c not in held])
+    found = [(script, _split_letters(script, split)) for script in SCRIPTS[family]]
+    return [(script, chars) for script, chars in found if chars]
+
+
+def characters(family: str, split: str) -> str:
+    """All the letters of `family` that `split` draws (`letters`)."""
+    return "".join(chars for _, chars in letters(family, split))
 
 
 def _elastic(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
@@ -504,14 +657,19 @@ def _elastic(image: np.ndarray, rng: np.random.Generator, strength: float) -> np
     return moved[0, 0].numpy()
 
 
-def font_drawing(char: str, rng: np.random.Generator, size: int = CANVAS_SIZE) -> Image.Image:
-    """`char` from one of its fonts, rotated, sheared and wobbled like handwriting, then mostly
-    redrawn along its skeleton with the canvas brush (else kept as filled, thickened or thinned
-    type)."""
-    fonts = fonts_for(char)
-    if not fonts:
+def font_drawing(
+    char: str,
+    rng: np.random.Generator,
+    size: int = CANVAS_SIZE,
+    fonts: tuple[Path, ...] = DEJAVU,
+) -> Image.Image:
+    """`char` from one of the `fonts` that have it, rotated, sheared and wobbled like
+    handwriting, then mostly redrawn along its skeleton with the canvas brush (else kept as
+    filled, thickened or thinned type)."""
+    drawing = fonts_for(char, fonts)
+    if not drawing:
         raise ValueError(f"No font draws {char!r}.")
-    font = _font(str(rng.choice(fonts)), 96)
+    font = _font(drawing[int(rng.integers(len(drawing)))], 96)
     glyph = Image.new("L", (160, 160), 0)
     ImageDraw.Draw(glyph).text((80, 80), char, fill=255, font=font, anchor="mm")
     angle = float(rng.uniform(-20, 20))
@@ -549,10 +707,21 @@ def split_rng(split: str, seed: int, *salt: int) -> np.random.Generator:
     return np.random.default_rng([_SPLIT_SEEDS[split], seed, *salt])
 
 
-def families_for(split: str) -> tuple[str, ...]:
-    """The families a split draws: training leaves out the evaluation-only alphabets."""
+def families_for(split: str, held_out: Sequence[str] = ()) -> tuple[str, ...]:
+    """The families a split draws: all for "eval", less the `held_out` alphabets for the others
+    (a measuring run's), and in every split less those whose fonts are not installed (logged)."""
     _check_split(split)
-    return tuple(f for f in FAMILIES if split == "eval" or f not in EVAL_ONLY_SCRIPTS)
+    wanted = tuple(f for f in FAMILIES if split == "eval" or f not in held_out)
+    return drawable(wanted, split)
+
+
+@functools.cache
+def drawable(families: tuple[str, ...], split: str) -> tuple[str, ...]:
+    """`families` less the alphabets no installed font draws (logged once)."""
+    usable = tuple(f for f in families if f not in SCRIPTS or letters(f, split))
+    if len(usable) < len(families):
+        logger.warning("No font for %s: left out", ", ".join(sorted(set(families) - set(usable))))
+    return usable
 
 
 def outlier_drawing(
@@ -562,10 +731,11 @@ def outlier_drawing(
     if family in STROKE_MAKERS:
         return draw_strokes(STROKE_MAKERS[family](rng), rng, size)
     if family in SCRIPTS:
-        chars = characters(family, split)
-        if not chars:
+        scripts = letters(family, split)
+        if not scripts:
             raise ValueError(f"No font draws the {family} characters of the {split} split.")
-        return font_drawing(str(rng.choice(list(chars))), rng, size)
+        script, chars = scripts[int(rng.integers(len(scripts)))]
+        return font_drawing(chars[int(rng.integers(len(chars)))], rng, size, script.fonts)
     raise ValueError(f"Unknown outlier family {family!r}; known: {', '.join(FAMILIES)}.")
 
 
@@ -594,10 +764,7 @@ def make_outliers(
 ) -> tuple[np.ndarray, list[str]]:
     """`count` outliers of `split` as the model sees them (uint8 (N, 28, 28)) and the family of
     each, the families taking turns. Families whose fonts are missing are left out (logged)."""
-    families = list(families or families_for(split))
-    usable = [f for f in families if f not in SCRIPTS or characters(f, split)]
-    if len(usable) < len(families):
-        logger.warning("No font for %s: left out", ", ".join(sorted(set(families) - set(usable))))
+    usable = drawable(tuple(families), split) if families else families_for(split)
     images, names = [], []
     for index in range(count):
         family = usable[index % len(usable)]

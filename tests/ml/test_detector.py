@@ -127,6 +127,39 @@ def test_a_branch_needs_a_head() -> None:
         DetectorConfig(channels=-1)
 
 
+def test_the_spatial_grid_adds_inputs_and_leaves_the_ten_logits_unchanged(tmp_path) -> None:
+    base = _base()
+    plain = train_detector(base, _pools(), TINY_RUN).model
+    model = train_detector(base, _pools(), dataclasses.replace(TINY_RUN, spatial=True)).model
+    assert model.config.detector_spatial and not plain.config.detector_spatial
+    assert frozen_inputs(model.config) == frozen_inputs(plain.config) + 6 * 3 * 3
+    x = normalize(_images(5, 1))
+    with torch.inference_mode():
+        assert torch.equal(model(x), base(x))
+        _, features = model.detector_features(x)
+    assert features.shape == (5, detector_inputs(model.config))
+    # Saved and loaded, the grid comes back with the head that reads it.
+    path = tmp_path / "spatial.safetensors"
+    save_weights(model, path, {"architecture": "small", "model_args": model.config.as_dict()})
+    state, meta = load_weights(path)
+    assert meta["model_args"]["detector_spatial"] is True
+    again = build_model(ModelConfig.from_dict(meta["model_args"]))
+    again.load_state_dict(state)
+    with torch.inference_mode():
+        assert torch.allclose(again.eval().forward_scored(x)[1], model.forward_scored(x)[1])
+    with pytest.raises(ValueError, match="bad model arguments"):
+        ModelConfig.from_dict({"detector_spatial": "yes", "detector_width": 4})
+    with pytest.raises(ValueError, match="bad model arguments"):
+        ModelConfig.from_dict({"detector_spatial": True})
+
+
+def test_held_out_alphabets_are_named_and_checked() -> None:
+    assert DetectorConfig().held_out == ()
+    assert DetectorConfig(hold_out="armenian, hebrew").held_out == ("armenian", "hebrew")
+    with pytest.raises(ValueError, match="hold_out names no alphabet: klingon"):
+        DetectorConfig(hold_out="armenian,klingon")
+
+
 def test_weights_without_a_head_load_and_score_as_before(tmp_path) -> None:
     base = _base()
     path = tmp_path / "old.safetensors"

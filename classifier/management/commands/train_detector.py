@@ -67,7 +67,10 @@ class Command(BaseCommand):
         except WeightsError as exc:
             raise CommandError(str(exc)) from exc
         base_config = dataclasses.replace(
-            config_from_metadata(base_meta), detector_width=0, detector_channels=0
+            config_from_metadata(base_meta),
+            detector_width=0,
+            detector_channels=0,
+            detector_spatial=False,
         )
         base = build_model(base_config)
         base.load_state_dict(
