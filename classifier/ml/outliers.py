@@ -2,13 +2,13 @@
 
 No set of handwritten non-digits ships with the project, so it draws its own, the way a person
 would on the page: scribbles and zigzags, shapes (stars, hearts, arrows, crossed circles...),
-letters and symbols of fifteen scripts taken from the DejaVu fonts and of some forty more from
-Debian's Noto fonts (grouped by region), redrawn along their skeletons with the canvas brush
-after a handwriting-like distortion, glyphs of an invented
-alphabet (a few random strokes joined), characters of random invented alphabets as people draw
-an unknown script (smooth joined strokes, loops, bars, hooks and dots), pieces of digits, and
-several digits in one box. Every drawing goes through `to_mnist`, so the 28x28 image is what a
-worker would see.
+letters and symbols of fifteen scripts from the DejaVu fonts, of some forty more from Debian's
+Noto fonts and of Korean and Japanese (grouped by region), redrawn along their skeletons with the
+canvas brush after a handwriting-like distortion, glyphs of an invented alphabet (a few random
+strokes joined), characters of random invented alphabets as people draw an unknown script
+(smooth joined strokes, loops, bars, hooks and dots), pieces of digits, digits turned until they
+are none, and several digits in one box. Every drawing goes through `to_mnist`, so the 28x28
+image is what a worker would see.
 
 Three splits keep what trains the model, what chooses its threshold and what measures it apart:
 each split has its own seeds, and a third of every alphabet's letters appears only in "eval".
@@ -52,10 +52,10 @@ SPLITS = ("train", "calibration", "eval")
 # Mixed with each call's seed, so the three splits never share a drawing.
 _SPLIT_SEEDS = {"train": 11, "calibration": 23, "eval": 37}
 
+# Debian's font packages. Where one is not installed, the families that need it are left out
+# (logged); fonts-dejavu-core, for most families, comes with most Debian systems.
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
-# Debian's fonts-noto-core: many more alphabets. Where it is not installed, the families that
-# need it are left out (logged) and the DejaVu ones still draw.
-NOTO_DIR = Path("/usr/share/fonts/truetype/noto")
+NOTO_DIR = Path("/usr/share/fonts/truetype/noto")  # fonts-noto-core
 DEJAVU = tuple(
     FONT_DIR / name
     for name in (
@@ -71,13 +71,11 @@ DEJAVU = tuple(
         "DejaVuSerifCondensed.ttf",
     )
 )
-
-
-HANGUL_FONTS = tuple(
+HANGUL_FONTS = tuple(  # fonts-nanum
     Path("/usr/share/fonts/truetype/nanum") / name
     for name in ("NanumGothic.ttf", "NanumGothicBold.ttf", "NanumMyeongjo.ttf", "NanumSquareR.ttf")
 )
-KANA_FONTS = (
+KANA_FONTS = (  # fonts-ipafont-gothic, fonts-ipafont-mincho
     Path("/usr/share/fonts/opentype/ipafont-gothic/ipag.ttf"),
     Path("/usr/share/fonts/opentype/ipafont-mincho/ipam.ttf"),
 )
