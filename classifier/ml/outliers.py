@@ -637,11 +637,6 @@ def letters(family: str, split: str) -> list[tuple[Script, str]]:
     return [(script, chars) for script, chars in found if chars]
 
 
-def characters(family: str, split: str) -> str:
-    """All the letters of `family` that `split` draws (`letters`)."""
-    return "".join(chars for _, chars in letters(family, split))
-
-
 def _elastic(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """A smooth random displacement of a (H, W) float image: the wobble of a hand-drawn line."""
     h, w = image.shape
