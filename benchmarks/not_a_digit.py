@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/not_a_digit.py --weights A.safetensors [--weights B ...]
         [--data-dir DIR] [--outliers-per-family 200] [--drawn 2000] [--threads 1] [--json PATH]
+        [--kept PNG]
 
 For each weights file, and for each score of its logits (maximum softmax probability; the same at
 the temperature that fits the MNIST validation labels; the energy score) and, for weights with a
@@ -23,29 +24,34 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from classifier.ml.data import load_mnist  # noqa: E402 - after the path set-up
 from classifier.ml.inference import Predictor  # noqa: E402
-from classifier.ml.outliers import drawn_digits  # noqa: E402
+from classifier.ml.outliers import HELD_OUT_SCRIPTS, drawn_digits  # noqa: E402
 from classifier.ml.rejection import (  # noqa: E402
     DRAWN_CALIBRATION_COUNT,
     EVAL_DRAWN_COUNT,
     EVAL_OUTLIERS_PER_FAMILY,
+    EvaluationSets,
     choose_threshold,
     evaluation_sets,
     fit_temperature,
     has_detector,
     logits_of,
+    outputs_of,
     rejection_report,
 )
 
 DEFAULT_WEIGHTS = ROOT / "classifier" / "weights" / "digits-cnn.safetensors"
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "datasets"
 METHODS = (("msp", False), ("msp", True), ("energy", False))
+KEPT_PER_ROW = 24
 
 
 def main() -> int:
@@ -56,6 +62,12 @@ def main() -> int:
     parser.add_argument("--drawn", type=int, default=EVAL_DRAWN_COUNT)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--kept",
+        type=Path,
+        help="also draw, to this PNG, letters of the held-out alphabets that the first weights "
+        f"take for digits at their stored threshold ({KEPT_PER_ROW} per alphabet, a row each)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -118,7 +130,33 @@ def main() -> int:
         print(f"| {row['model']} | {row['method']} | {shares} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    if args.kept:
+        draw_kept(
+            Predictor.load((args.weights or [DEFAULT_WEIGHTS])[0], device="cpu"), sets, args.kept
+        )
+        print(f"\nKept letters drawn to {args.kept}")
     return 0
+
+
+def draw_kept(predictor: Predictor, sets: EvaluationSets, path: Path) -> None:
+    """A row per held-out alphabet of its evaluation letters that `predictor` takes for
+    digits: what its threshold still lets through, seen as the model sees it (28x28)."""
+    rows = []
+    for family in HELD_OUT_SCRIPTS:
+        images = sets.outliers[np.asarray(sets.families) == family]
+        logits, detector = outputs_of(predictor.model, images)
+        rejection = predictor.rejection
+        kept = (
+            images
+            if rejection is None
+            else images[rejection.scores(logits, detector).numpy() >= rejection.threshold]
+        )
+        row = np.full((28, KEPT_PER_ROW * 30), 128, np.uint8)
+        for index, image in enumerate(kept[:KEPT_PER_ROW]):
+            row[:, index * 30 : index * 30 + 28] = image
+        rows.append(row)
+    grid = np.concatenate(rows)
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
 
 
 if __name__ == "__main__":

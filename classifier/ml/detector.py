@@ -30,13 +30,19 @@ from torch import nn
 
 from classifier.ml.augment import AugmentConfig, augment_batch
 from classifier.ml.data import Split
-from classifier.ml.model import DETECTOR_PREFIXES, DigitsCNN, build_model, normalize
+from classifier.ml.model import (
+    DETECTOR_PREFIXES,
+    DETECTOR_WIDTH,
+    DigitsCNN,
+    build_model,
+    normalize,
+)
 from classifier.ml.outliers import (
-    HELD_OUT_SCRIPTS,
-    SCRIPTS,
+    HOLD_OUT_HELP,
     drawn_digits,
     families_for,
     make_outliers,
+    parse_held_out,
 )
 
 FEATURE_BATCH = 1000
@@ -53,7 +59,7 @@ def _option(default: Any, help: str, **argparse: Any) -> Any:
 class DetectorConfig:
     """Everything a detector run depends on; `manage.py train_detector` makes an option of each."""
 
-    width: int = _option(256, "hidden units of the detector head")
+    width: int = _option(DETECTOR_WIDTH, "hidden units of the detector head")
     channels: int = _option(
         0, "channels of the detector's own convolutional branch on the image; 0: none"
     )
@@ -72,11 +78,7 @@ class DetectorConfig:
         2.0,
         "weight of the drawn digits against the MNIST digits, within the digits' half of the loss",
     )
-    hold_out: str = _option(
-        "",
-        "alphabets left out of the non-digits, comma-separated (a measuring run's: "
-        f"{','.join(HELD_OUT_SCRIPTS)}); none: every alphabet the fonts draw",
-    )
+    hold_out: str = _option("", HOLD_OUT_HELP)
     seed: int = _option(1, "random seed of the pools, the augmentation and the head")
     threads: int | None = _option(1, "CPU threads for torch; none: torch's choice")
 
@@ -92,13 +94,11 @@ class DetectorConfig:
             raise ValueError("drawn_weight must not be negative.")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be at least 1.")
-        unknown = sorted(set(self.held_out) - set(SCRIPTS))
-        if unknown:
-            raise ValueError(f"hold_out names no alphabet: {', '.join(unknown)}.")
+        parse_held_out(self.hold_out)
 
     @property
     def held_out(self) -> tuple[str, ...]:
-        return tuple(name.strip() for name in self.hold_out.split(",") if name.strip())
+        return parse_held_out(self.hold_out)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {**asdict(self), "pool_canvas_size": POOL_CANVAS_SIZE, "optimizer": "AdamW"}

@@ -88,6 +88,8 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> list[nn.
     ]
 
 
+# Hidden units of the detector head, unless a run asks for another width.
+DETECTOR_WIDTH = 256
 # The state-dict prefixes of the detector's tensors: all that a detector run trains.
 DETECTOR_PREFIXES = ("detector.", "detector_convs.")
 # Where `features` ends its second stage (after the 7x7 max pool): the detector head also

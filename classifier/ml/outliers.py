@@ -208,6 +208,22 @@ SCRIPTS: dict[str, tuple[Script, ...]] = {
 # The alphabets a measuring run leaves out of training (`families_for(..., held_out)`), so that
 # evaluation measures alphabets the model never saw.
 HELD_OUT_SCRIPTS = ("armenian", "georgian", "hebrew")
+# The help of the `hold_out` option of every run that draws non-digits to learn from.
+HOLD_OUT_HELP = (
+    "alphabets left out of the non-digits, comma-separated (a measuring run's: "
+    f"{','.join(HELD_OUT_SCRIPTS)}); none: every alphabet the fonts draw"
+)
+
+
+def parse_held_out(text: str) -> tuple[str, ...]:
+    """The alphabets a comma-separated `hold_out` option names; ValueError for a name that is
+    no alphabet."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = sorted(set(names) - set(SCRIPTS))
+    if unknown:
+        raise ValueError(f"hold_out names no alphabet: {', '.join(unknown)}.")
+    return names
+
 
 STROKE_FAMILIES = (
     "scribble",

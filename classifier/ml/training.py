@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -28,13 +28,22 @@ from classifier.ml.devices import DEVICE_CHOICES, resolve_device
 from classifier.ml.model import (
     ARCHITECTURE,
     ARCHITECTURES,
+    DETECTOR_PREFIXES,
+    DETECTOR_WIDTH,
     FAST_ARCHITECTURE,
     NUM_CLASSES,
+    ModelConfig,
     build_model,
     model_config,
     normalize,
 )
-from classifier.ml.outliers import drawn_digits, make_outliers
+from classifier.ml.outliers import (
+    HOLD_OUT_HELP,
+    drawn_digits,
+    families_for,
+    make_outliers,
+    parse_held_out,
+)
 from classifier.ml.rejection import DEFAULT_SCORE, LOGIT_SCORES
 from classifier.ml.weights import config_from_metadata, load_weights
 
@@ -127,6 +136,13 @@ class TrainConfig:
         "keep the batch-norm statistics of --init-weights fixed (fine-tuning: the non-digits "
         "in each batch must not shift what the network expects of digits)",
     )
+    detector_weight: float = _option(
+        0.0,
+        "weight of the binary cross-entropy of a 'not a digit' head trained with the network "
+        "on the outlier pools (an 11th class beside the ten, whose probabilities stay digits'); "
+        "its logit is then the score; 0: no head",
+    )
+    hold_out: str = _option("", HOLD_OUT_HELP)
     score: str = _option(
         DEFAULT_SCORE,
         "score of the logits that tells digits from non-digits; its threshold is chosen on the "
@@ -138,8 +154,11 @@ class TrainConfig:
         check_run_options(self)
         if self.outlier_weight < 0:
             raise ValueError("outlier_weight must not be negative.")
-        if self.distill_weight < 0:
-            raise ValueError("distill_weight must not be negative.")
+        if self.distill_weight < 0 or self.detector_weight < 0:
+            raise ValueError("distill_weight and detector_weight must not be negative.")
+        if self.detector_weight and not (self.outliers_per_batch and self.outlier_pool):
+            raise ValueError("detector_weight needs outliers (outliers_per_batch, outlier_pool).")
+        parse_held_out(self.hold_out)
         for name in ("outliers_per_batch", "outlier_pool", "drawn_per_batch", "drawn_pool"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative.")
@@ -306,14 +325,41 @@ def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -torch.log_softmax(logits.float(), dim=1).mean(dim=1).mean()
 
 
+def network_config(config: TrainConfig) -> ModelConfig:
+    """The network a run trains: its architecture, with a detector head when it learns one."""
+    network = model_config(config.architecture)
+    return replace(network, detector_width=DETECTOR_WIDTH) if config.detector_weight else network
+
+
 def _load_initial(model: nn.Module, config: TrainConfig) -> None:
-    """Start from saved weights; they must be of the architecture being trained."""
+    """Start from saved weights; they must be of the architecture being trained. A detector
+    head they carry is not taken (it was trained on their features): a run's own starts fresh."""
     state_dict, metadata = load_weights(config.init_weights)
-    if config_from_metadata(metadata) != model_config(config.architecture):
+    network = replace(
+        config_from_metadata(metadata),
+        detector_width=0,
+        detector_channels=0,
+        detector_spatial=False,
+    )
+    if network != model_config(config.architecture):
         raise ValueError(
             f"init_weights {config.init_weights} are not of architecture {config.architecture}."
         )
-    model.load_state_dict(state_dict)
+    kept = {k: v for k, v in state_dict.items() if not k.startswith(DETECTOR_PREFIXES)}
+    model.load_state_dict(kept, strict=not config.detector_weight)
+
+
+def detector_loss(detected: torch.Tensor, digits: int) -> torch.Tensor:
+    """Binary cross-entropy of the detector's logits (N,), of which the first `digits` are
+    digits and the rest non-digits, each side weighing half whatever its count."""
+    count = detected.shape[0]
+    target = torch.zeros(count, device=detected.device)
+    target[:digits] = 1.0
+    weight = torch.full((count,), 0.5 / max(count - digits, 1), device=detected.device)
+    weight[:digits] = 0.5 / max(digits, 1)
+    return F.binary_cross_entropy_with_logits(
+        detected.float(), target, weight=weight, reduction="sum"
+    )
 
 
 @dataclass(frozen=True)
@@ -349,7 +395,10 @@ class _Exposure:
 
 def _exposure_pools(config: TrainConfig, train_split: Split, device: torch.device) -> _Exposure:
     started = time.perf_counter()
-    outliers, _ = make_outliers(config.outlier_pool, "train", config.seed, size=POOL_CANVAS_SIZE)
+    families = families_for("train", parse_held_out(config.hold_out))
+    outliers, _ = make_outliers(
+        config.outlier_pool, "train", config.seed, families, size=POOL_CANVAS_SIZE
+    )
     count = min(config.drawn_pool, len(train_split))
     drawn, drawn_labels = drawn_digits(
         train_split.images[:count].cpu().numpy(),
@@ -383,11 +432,12 @@ def _fit(
 
     train_split = data.train.head(config.limit).to(device)
     validation = data.validation.to(device)
-    model = build_model(config.architecture)
+    model = build_model(network_config(config))
     if config.init_weights:
         _load_initial(model, config)
     model = model.to(device, memory_format=torch.channels_last)
-    exposure = _exposure_pools(config, train_split, device) if config.outlier_weight > 0 else None
+    with_outliers = config.outlier_weight > 0 or config.detector_weight > 0
+    exposure = _exposure_pools(config, train_split, device) if with_outliers else None
     # The starting model, frozen: what it says of the digits the run keeps teaching.
     teacher = copy.deepcopy(model).eval() if config.init_weights and config.distill_weight else None
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
@@ -439,15 +489,22 @@ def _fit(
                 x = torch.cat([x, extra])
             x = normalize(x).contiguous(memory_format=torch.channels_last)
             with _autocast(device):
-                all_logits = model(x)
+                detected = None
+                if model.detector is not None:
+                    all_logits, features = model.detector_features(x)
+                    detected = model.detector(features).squeeze(1)
+                else:
+                    all_logits = model(x)
                 logits = all_logits[: labels.shape[0]]
                 loss = F.cross_entropy(
                     logits.float(), labels, label_smoothing=config.label_smoothing
                 )
-                if outliers is not None:
+                if outliers is not None and config.outlier_weight:
                     loss = loss + config.outlier_weight * uniform_cross_entropy(
                         all_logits[labels.shape[0] :]
                     )
+                if detected is not None:
+                    loss = loss + config.detector_weight * detector_loss(detected, labels.shape[0])
                 if teacher is not None:
                     with torch.no_grad():
                         taught = teacher(x[: labels.shape[0]]).float()

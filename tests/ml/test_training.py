@@ -11,9 +11,10 @@ import torch
 from classifier.ml.data import MnistData
 from classifier.ml.model import FAST_ARCHITECTURE, build_model
 from classifier.ml.outliers import make_outliers
-from classifier.ml.rejection import logits_of
+from classifier.ml.rejection import auroc, logits_of, outputs_of
 from classifier.ml.training import (
     TrainConfig,
+    detector_loss,
     evaluate_model,
     train,
     uniform_cross_entropy,
@@ -116,10 +117,53 @@ def test_outlier_options_are_checked():
         {"outlier_weight": -0.1},
         {"outliers_per_batch": -1},
         {"distill_weight": -1.0},
+        {"detector_weight": -1.0},
+        {"detector_weight": 1.0, "outlier_pool": 0},
         {"score": "entropy"},
     ):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
+    with pytest.raises(ValueError, match="hold_out names no alphabet: klingon"):
+        TrainConfig(hold_out="hebrew,klingon")
+
+
+def test_detector_loss_weighs_digits_and_non_digits_half_each():
+    # One digit and nine non-digits, all undecided: ln 2, as if each side were one image.
+    assert detector_loss(torch.zeros(10), 1).item() == pytest.approx(math.log(2), rel=1e-6)
+    right = torch.tensor([6.0, 6.0, -6.0])
+    assert detector_loss(right, 2).item() < 0.01
+    assert detector_loss(-right, 2).item() > 5
+
+
+def test_a_detector_trained_with_the_network_scores_non_digits_below_digits(small, tmp_path):
+    """`detector_weight` adds a head trained with the network from the first step (an 11th
+    class): it scores held-out non-digits below digits, and the ten logits still read digits.
+    A start file's own head is not taken."""
+    config = TrainConfig(
+        epochs=2,
+        limit=3000,
+        device="cpu",
+        seed=3,
+        detector_weight=1.0,
+        outlier_pool=600,
+        drawn_pool=300,
+    )
+    result = train(config, small, progress=False)
+    model = result.model
+    assert model.detector is not None
+    assert result.best.val_accuracy >= 0.9
+    outliers, _ = make_outliers(150, "eval", seed=5, size=192)
+    _, on_outliers = outputs_of(model, outliers)
+    _, on_digits = outputs_of(model, small.test.images[:300])
+    assert float(on_outliers.median()) < float(on_digits.median()) - 2
+    assert auroc(on_digits.numpy(), on_outliers.numpy()) > 0.9
+
+    start = tmp_path / "with-head.safetensors"
+    save_weights(
+        model, start, {"architecture": FAST_ARCHITECTURE, "model_args": model.config.as_dict()}
+    )
+    plain = TrainConfig(epochs=1, limit=256, device="cpu", init_weights=str(start))
+    assert train(plain, small, progress=False).model.detector is None
 
 
 def test_init_weights_of_another_architecture_are_refused(small):

@@ -21,7 +21,7 @@ from classifier.management.options import (
     config_from_options,
 )
 from classifier.ml.data import DataError, load_mnist
-from classifier.ml.rejection import calibrate
+from classifier.ml.rejection import DETECTOR_SCORE, calibrate, has_detector
 from classifier.ml.report import build_report, format_confusion, per_digit_dict, write_report
 from classifier.ml.training import EpochStats, TrainConfig, evaluate_model, train
 from classifier.ml.weights import save_weights
@@ -77,10 +77,12 @@ class Command(BaseCommand):
         except ValueError as exc:  # e.g. --device cuda without a GPU
             raise CommandError(str(exc)) from exc
         test = evaluate_model(result.model, data.test, result.device)
-        rejection = calibrate(result.model, data.validation, config.score)
+        score = DETECTOR_SCORE if has_detector(result.model) else config.score
+        rejection = calibrate(result.model, data.validation, score)
 
         metadata = {
             "architecture": config.architecture,
+            "model_args": result.model.config.as_dict(),
             "training": config.hyperparameters(),
             "test_accuracy": test.accuracy,
             "test_loss": round(test.loss, 6),

@@ -1,0 +1,60 @@
+"""The not-a-digit benchmark's picture of the held-out letters a model still takes for digits.
+
+The benchmark is a script, not a package module, so it is loaded from its path; loading it runs
+nothing (its work is behind `if __name__ == "__main__"`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from classifier.ml.inference import Predictor
+from classifier.ml.outliers import HELD_OUT_SCRIPTS, make_outliers
+from classifier.ml.rejection import EvaluationSets, outputs_of
+from tests.helpers import SHIPPED_WEIGHTS
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "not_a_digit.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("not_a_digit_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kept_letters_are_drawn_a_row_per_held_out_alphabet(bench, tmp_path):
+    outliers, families = make_outliers(60, "eval", seed=3, families=HELD_OUT_SCRIPTS, size=192)
+    empty = np.zeros((0, 28, 28), np.uint8)
+    labels = np.zeros(0, np.int64)
+    sets = EvaluationSets(empty, labels, empty, labels, outliers, families)
+    predictor = Predictor.load(SHIPPED_WEIGHTS, device="cpu")
+    path = tmp_path / "kept.png"
+
+    bench.draw_kept(predictor, sets, path)
+
+    grid = np.asarray(Image.open(path))[::2, ::2]  # drawn at twice the size
+    per_row = bench.KEPT_PER_ROW
+    assert grid.shape == (28 * len(HELD_OUT_SCRIPTS), 30 * per_row)
+    for row, family in enumerate(HELD_OUT_SCRIPTS):
+        images = outliers[np.asarray(families) == family]
+        logits, detector = outputs_of(predictor.model, images)
+        kept = images[
+            predictor.rejection.scores(logits, detector).numpy() >= predictor.rejection.threshold
+        ]
+        tiles = [grid[28 * row : 28 * (row + 1), 30 * i : 30 * i + 28] for i in range(per_row)]
+        drawn = min(len(kept), per_row)
+        assert all(
+            np.array_equal(tile, image)
+            for tile, image in zip(tiles[:drawn], kept[:drawn], strict=True)
+        )
+        assert all((tile == 128).all() for tile in tiles[drawn:])  # the rest left grey
+        assert 0 < len(kept) < len(images)  # some letters are turned away, some taken
