@@ -52,7 +52,7 @@ def add_config_options(
         help_text = extra.pop("help")
         default, shown = defaults.get(field.name, (field.default, None))
         if shown is None:
-            shown = "none" if default is None else str(default)
+            shown = "none" if default is None or default == "" else str(default)
         kind = hints[field.name]
         if kind is bool:
             if default:

@@ -154,8 +154,9 @@ class TrainConfig:
         check_run_options(self)
         if self.outlier_weight < 0:
             raise ValueError("outlier_weight must not be negative.")
-        if self.distill_weight < 0 or self.detector_weight < 0:
-            raise ValueError("distill_weight and detector_weight must not be negative.")
+        for name in ("distill_weight", "detector_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative.")
         if self.detector_weight and not (self.outliers_per_batch and self.outlier_pool):
             raise ValueError("detector_weight needs outliers (outliers_per_batch, outlier_pool).")
         parse_held_out(self.hold_out)

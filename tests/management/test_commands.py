@@ -151,6 +151,8 @@ def test_train_offline_without_data_stops_with_the_file_names(tmp_path):
         ("--limit", "0"),
         ("--lr", "-1"),
         ("--threads", "0"),
+        ("--hold-out", "armenian,klingon"),
+        ("--detector-weight", "-1"),
     ],
 )
 def test_train_rejects_nonsense_options(tmp_path, option, value):
@@ -171,6 +173,7 @@ def test_train_has_one_option_per_config_field_with_its_default():
         if field.name != "device":  # chosen by DIGITS_DEVICE
             assert defaults[field.name] == field.default, field.name
     assert "(default: 8)" in helps["epochs"]
+    assert "(default: none)" in helps["hold_out"]  # an empty string is shown as none
     assert TrainConfig(
         **{f.name: defaults[f.name] for f in dataclasses.fields(TrainConfig)}
     ) == TrainConfig(device=defaults["device"])
