@@ -30,7 +30,7 @@ class ModelConfig:
     widths: tuple[int, int, int] = (32, 48, 96)  # channels of the three stages
     dropout: float = 0.1  # before the linear classifier
     num_classes: int = NUM_CLASSES
-    # Hidden units of the "is this a digit" head on the frozen features (`forward_scored`);
+    # Hidden units of the "is this a digit" head on the network's features (`forward_scored`);
     # 0: no head (every file written before it had none).
     detector_width: int = 0
     # Channels of the detector's own small convolutional branch on the 28x28 input, learned
@@ -129,7 +129,7 @@ class DigitsCNN(nn.Module):
     image is a digit at all; with `detector_channels` it also reads a small convolutional
     branch of its own on the input (`detector_convs`). Both are trained on their own with the
     rest frozen (`classifier.ml.detector`), so the ten logits are those of the network without
-    them.
+    them; a training run with `detector_weight` trains the head with the network instead.
     """
 
     def __init__(self, config: ModelConfig | None = None):
