@@ -1,16 +1,9 @@
-"""The feedback-loop benchmark's pure parts: its writers and the frames it sends.
-
-The benchmark is a script, not a package module, so it is loaded from its path; loading it runs
-nothing (its work is behind `if __name__ == "__main__"`).
-"""
+"""The feedback-loop benchmark's pure parts: its writers and the frames it sends."""
 
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,17 +11,12 @@ import pytest
 from classifier.ml.canvas import TEMPLATES
 from classifier.ml.preprocessing import preprocess
 from classifier.serving import protocol
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "feedback_loop.py"
+from tests.benchmarks import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def loop():
-    spec = importlib.util.spec_from_file_location("feedback_loop_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("feedback_loop")
 
 
 def test_a_writer_is_the_same_for_the_same_seed_and_differs_across_writers(loop):

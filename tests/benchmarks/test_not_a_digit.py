@@ -1,14 +1,6 @@
-"""The not-a-digit benchmark's picture of the held-out letters a model still takes for digits.
-
-The benchmark is a script, not a package module, so it is loaded from its path; loading it runs
-nothing (its work is behind `if __name__ == "__main__"`).
-"""
+"""The not-a-digit benchmark's picture of the held-out letters a model still takes for digits."""
 
 from __future__ import annotations
-
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,18 +9,13 @@ from PIL import Image
 from classifier.ml.inference import Predictor
 from classifier.ml.outliers import HELD_OUT_SCRIPTS, make_outliers
 from classifier.ml.rejection import EvaluationSets, outputs_of
+from tests.benchmarks import load_benchmark
 from tests.helpers import SHIPPED_WEIGHTS
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "not_a_digit.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("not_a_digit_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("not_a_digit")
 
 
 def test_kept_letters_are_drawn_a_row_per_held_out_alphabet(bench, tmp_path):
