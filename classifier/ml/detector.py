@@ -35,6 +35,7 @@ from classifier.ml.model import (
     DETECTOR_WIDTH,
     DigitsCNN,
     build_model,
+    network_tensors,
     normalize,
 )
 from classifier.ml.outliers import (
@@ -139,7 +140,7 @@ def with_detector(
     if not isinstance(model, DigitsCNN):
         raise TypeError("a detector head needs a DigitsCNN")
     out = build_model(config)
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith(DETECTOR_PREFIXES)}
+    state = network_tensors(model.state_dict())
     missing, unexpected = out.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith(DETECTOR_PREFIXES) for k in missing):
         raise ValueError(f"model does not fit {config}: {missing} {unexpected}")

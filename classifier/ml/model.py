@@ -10,7 +10,7 @@ checkpoints store their `model_args`), so a file alone rebuilds its network.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,10 @@ class ModelConfig:
     # Whether the head also reads the second stage's channels max-pooled to 3x3 (where in the
     # image each stroke feature is), not only over the whole image; off in files without it.
     detector_spatial: bool = False
+
+    def without_detector(self) -> ModelConfig:
+        """The network alone: what a run that trains a detector of its own starts from."""
+        return replace(self, detector_width=0, detector_channels=0, detector_spatial=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "widths": list(self.widths)}
@@ -92,6 +96,13 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> list[nn.
 DETECTOR_WIDTH = 256
 # The state-dict prefixes of the detector's tensors: all that a detector run trains.
 DETECTOR_PREFIXES = ("detector.", "detector_convs.")
+
+
+def network_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict without the detector's tensors."""
+    return {k: v for k, v in state_dict.items() if not k.startswith(DETECTOR_PREFIXES)}
+
+
 # Where `features` ends its second stage (after the 7x7 max pool): the detector head also
 # pools the 48 channels there.
 _STAGE_2_END = 11

@@ -28,13 +28,13 @@ from classifier.ml.devices import DEVICE_CHOICES, resolve_device
 from classifier.ml.model import (
     ARCHITECTURE,
     ARCHITECTURES,
-    DETECTOR_PREFIXES,
     DETECTOR_WIDTH,
     FAST_ARCHITECTURE,
     NUM_CLASSES,
     ModelConfig,
     build_model,
     model_config,
+    network_tensors,
     normalize,
 )
 from classifier.ml.outliers import (
@@ -336,17 +336,11 @@ def _load_initial(model: nn.Module, config: TrainConfig) -> None:
     """Start from saved weights; they must be of the architecture being trained. A detector
     head they carry is not taken (it was trained on their features): a run's own starts fresh."""
     state_dict, metadata = load_weights(config.init_weights)
-    network = replace(
-        config_from_metadata(metadata),
-        detector_width=0,
-        detector_channels=0,
-        detector_spatial=False,
-    )
-    if network != model_config(config.architecture):
+    if config_from_metadata(metadata).without_detector() != model_config(config.architecture):
         raise ValueError(
             f"init_weights {config.init_weights} are not of architecture {config.architecture}."
         )
-    kept = {k: v for k, v in state_dict.items() if not k.startswith(DETECTOR_PREFIXES)}
+    kept = network_tensors(state_dict)
     model.load_state_dict(kept, strict=not config.detector_weight)
 
 

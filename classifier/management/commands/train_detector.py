@@ -8,7 +8,6 @@ threshold is chosen on the validation digits and canvas drawings of them
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 import sys
 import time
@@ -25,7 +24,7 @@ from classifier.management.options import (
 )
 from classifier.ml.data import DataError, load_mnist
 from classifier.ml.detector import DetectorConfig, make_pools, train_detector
-from classifier.ml.model import DETECTOR_PREFIXES, build_model
+from classifier.ml.model import build_model, network_tensors
 from classifier.ml.rejection import DETECTOR_SCORE, choose_threshold
 from classifier.ml.training import evaluate_model
 from classifier.ml.weights import WeightsError, config_from_metadata, load_weights, save_weights
@@ -66,16 +65,8 @@ class Command(BaseCommand):
             state_dict, base_meta = load_weights(options["base_weights"])
         except WeightsError as exc:
             raise CommandError(str(exc)) from exc
-        base_config = dataclasses.replace(
-            config_from_metadata(base_meta),
-            detector_width=0,
-            detector_channels=0,
-            detector_spatial=False,
-        )
-        base = build_model(base_config)
-        base.load_state_dict(
-            {k: v for k, v in state_dict.items() if not k.startswith(DETECTOR_PREFIXES)}
-        )
+        base = build_model(config_from_metadata(base_meta).without_detector())
+        base.load_state_dict(network_tensors(state_dict))
         try:
             data = load_mnist(options["data_dir"], download=not options["no_download"])
         except DataError as exc:
