@@ -27,6 +27,7 @@ from django.conf import settings
 from PIL import Image
 
 from classifier.ml.canvas import TEMPLATES, render_template
+from classifier.ml.outliers import fonts_for
 from classifier.serving import protocol
 from classifier.serving.protocol import PREDICT_PATH
 from digits_site.devstack import free_port, stop_process, web_argv, worker_argv
@@ -35,6 +36,12 @@ REPO = Path(__file__).resolve().parents[1]
 MACHINE_REDIS = "redis://127.0.0.1:6379/0"
 # The weights the repository ships (what a fresh clone serves).
 SHIPPED_WEIGHTS = REPO / "classifier" / "weights" / "digits-cnn.safetensors"
+# DejaVu draws the Latin, Greek, Cyrillic, Hebrew, Arabic, Armenian and Georgian letters; a
+# machine without fonts-dejavu-core draws the other non-digit families only (the code logs which).
+needs_dejavu = pytest.mark.skipif(
+    not fonts_for("A"),
+    reason="fonts-dejavu-core is not installed (apt-get install fonts-dejavu-core)",
+)
 # A Python process importing torch and loading a model shares two cores with everything else.
 WORKER_START_TIMEOUT = 120.0
 WEB_START_TIMEOUT = 60.0

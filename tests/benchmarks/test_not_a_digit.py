@@ -10,7 +10,7 @@ from classifier.ml.inference import Predictor
 from classifier.ml.outliers import HELD_OUT_SCRIPTS, make_outliers
 from classifier.ml.rejection import EvaluationSets, outputs_of
 from tests.benchmarks import load_benchmark
-from tests.helpers import SHIPPED_WEIGHTS
+from tests.helpers import SHIPPED_WEIGHTS, needs_dejavu
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +18,7 @@ def bench():
     return load_benchmark("not_a_digit")
 
 
+@needs_dejavu  # the held-out alphabets are DejaVu's
 def test_kept_letters_are_drawn_a_row_per_held_out_alphabet(bench, tmp_path):
     outliers, families = make_outliers(60, "eval", seed=3, families=HELD_OUT_SCRIPTS, size=192)
     empty = np.zeros((0, 28, 28), np.uint8)

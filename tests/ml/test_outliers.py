@@ -25,6 +25,7 @@ from classifier.ml.outliers import (
     outlier_drawing,
     split_rng,
 )
+from tests.helpers import needs_dejavu
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -60,6 +61,7 @@ def test_evaluation_characters_are_never_trained_on() -> None:
         assert len(train) >= len(evaluate), script
 
 
+@needs_dejavu
 def test_a_measuring_run_leaves_whole_alphabets_out_of_training() -> None:
     held = families_for("train", HELD_OUT_SCRIPTS)
     assert not set(HELD_OUT_SCRIPTS) & set(held)
@@ -74,6 +76,7 @@ def test_letters_that_look_like_digits_are_left_out() -> None:
     assert "\u039f" not in SCRIPTS["greek"]  # Omicron, a 0
 
 
+@needs_dejavu
 def test_fonts_draw_the_non_latin_alphabets() -> None:
     for char in ("Ж", "Ω", "א", "ب", "Ա", "ა"):
         assert fonts_for(char), char
@@ -91,10 +94,14 @@ def test_a_family_of_several_scripts_draws_each_from_its_own_fonts() -> None:
         assert not fonts_for(chars[0])  # DejaVu has no Indic letters: Noto draws them
 
 
-def test_missing_fonts_leave_their_family_out() -> None:
+def test_missing_fonts_leave_their_family_out(monkeypatch: pytest.MonkeyPatch) -> None:
     ghost = Script("\u0905", (Path("/nonexistent/NotoSansDevanagari-Regular.ttf"),))
     assert fonts_for("\u0905", ghost.fonts) == ()
-    assert drawable(("scribble", "latin"), "train") == ("scribble", "latin")
+    monkeypatch.setitem(SCRIPTS, "ghost", (ghost,))
+    assert letters("ghost", "train") == []
+    assert drawable(("scribble", "ghost"), "train") == ("scribble",)
+    with pytest.raises(ValueError, match="No font draws"):
+        outlier_drawing("ghost", split_rng("train", 0), "train")
 
 
 def test_a_straight_line_or_a_dot_is_a_stroke_a_star_is_not() -> None:
