@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/not_a_digit.py --weights A.safetensors [--weights B ...]
         [--data-dir DIR] [--outliers-per-family 200] [--drawn 2000] [--threads 1] [--json PATH]
-        [--kept PNG]
+        [--kept PNG] [--trained-letters 200]
 
 For each weights file, and for each score of its logits (maximum softmax probability; the same at
 the temperature that fits the MNIST validation labels; the energy score) and, for weights with a
@@ -14,6 +14,11 @@ third of every alphabet's letters that training never draws; weights trained wit
 `train_detector --hold-out armenian,georgian,hebrew` never saw those alphabets at all). Prints
 a Markdown table of AUROC, FPR at 95% TPR and what each threshold rejects, then the share of
 each family rejected. Weights that carry a threshold are also measured at it, as they serve.
+
+`--trained-letters N` also measures, at each file's stored threshold, N new drawings per alphabet
+of the two thirds of its letters that training draws (split "train", a seed no training pool
+uses) beside N of the third it never draws: how far the head's knowledge of a letter carries to
+new drawings of it, against how far it carries to letters it never saw.
 """
 
 from __future__ import annotations
@@ -33,7 +38,13 @@ sys.path.insert(0, str(ROOT))
 
 from classifier.ml.data import load_mnist  # noqa: E402 - after the path set-up
 from classifier.ml.inference import Predictor  # noqa: E402
-from classifier.ml.outliers import HELD_OUT_SCRIPTS, drawn_digits  # noqa: E402
+from classifier.ml.outliers import (  # noqa: E402
+    HELD_OUT_SCRIPTS,
+    SCRIPTS,
+    drawn_digits,
+    families_for,
+    make_outliers,
+)
 from classifier.ml.rejection import (  # noqa: E402
     DRAWN_CALIBRATION_COUNT,
     EVAL_DRAWN_COUNT,
@@ -52,21 +63,51 @@ DEFAULT_WEIGHTS = ROOT / "classifier" / "weights" / "digits-cnn.safetensors"
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "datasets"
 METHODS = (("msp", False), ("msp", True), ("energy", False))
 KEPT_PER_ROW = 24
+# The seed of --trained-letters' drawings: training pools use small seeds (train_detector: 1).
+TRAINED_LETTERS_SEED = 977
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", type=Path, action="append", help="weights to compare")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--outliers-per-family", type=int, default=EVAL_OUTLIERS_PER_FAMILY)
-    parser.add_argument("--drawn", type=int, default=EVAL_DRAWN_COUNT)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        action="append",
+        help=f"weights to compare, repeated (default: {DEFAULT_WEIGHTS.relative_to(ROOT)})",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help=f"MNIST directory (default: {DEFAULT_DATA_DIR})",
+    )
+    parser.add_argument(
+        "--outliers-per-family",
+        type=int,
+        default=EVAL_OUTLIERS_PER_FAMILY,
+        help=f"non-digits drawn per family (default: {EVAL_OUTLIERS_PER_FAMILY})",
+    )
+    parser.add_argument(
+        "--drawn",
+        type=int,
+        default=EVAL_DRAWN_COUNT,
+        help=f"MNIST test digits drawn on the canvas (default: {EVAL_DRAWN_COUNT})",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument("--json", type=Path, help="also write the figures here (default: none)")
     parser.add_argument(
         "--kept",
         type=Path,
         help="also draw, to this PNG, letters of the held-out alphabets that the first weights "
-        f"take for digits at their stored threshold ({KEPT_PER_ROW} per alphabet, a row each)",
+        f"take for digits at their stored threshold ({KEPT_PER_ROW} per alphabet, a row each; "
+        "default: none)",
+    )
+    parser.add_argument(
+        "--trained-letters",
+        type=int,
+        default=0,
+        help="also measure this many new drawings per alphabet of the letters training draws, "
+        "beside as many of those it never draws (default: 0, off)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -135,7 +176,52 @@ def main() -> int:
             Predictor.load((args.weights or [DEFAULT_WEIGHTS])[0], device="cpu"), sets, args.kept
         )
         print(f"\nKept letters drawn to {args.kept}")
+    if args.trained_letters:
+        print_trained_letters(args.weights or [DEFAULT_WEIGHTS], args.trained_letters)
     return 0
+
+
+def trained_letters_rejected(
+    predictor: Predictor, per_alphabet: int
+) -> dict[str, tuple[float, float]]:
+    """Per alphabet, the shares rejected at the stored threshold of new drawings of the letters
+    training draws and of those it never draws."""
+    alphabets = [f for f in families_for("eval") if f in SCRIPTS]
+    count = per_alphabet * len(alphabets)
+    shares = {}
+    for split in ("train", "eval"):
+        images, names = make_outliers(count, split, TRAINED_LETTERS_SEED, alphabets)
+        logits, detector = outputs_of(predictor.model, images)
+        scores = predictor.rejection.scores(logits, detector).numpy()
+        rejected = scores < predictor.rejection.threshold
+        names = np.asarray(names)
+        shares[split] = {a: float(rejected[names == a].mean()) for a in alphabets}
+    return {a: (shares["train"][a], shares["eval"][a]) for a in alphabets}
+
+
+def print_trained_letters(weights: list[Path], per_alphabet: int) -> None:
+    for path in weights:
+        predictor = Predictor.load(path, device="cpu")
+        if predictor.rejection is None:
+            continue
+        shares = trained_letters_rejected(predictor, per_alphabet)
+        print(
+            f"\n{predictor.version}, as stored: rejected of {per_alphabet} new drawings per "
+            "alphabet, of the letters training draws / of those it never draws"
+        )
+        detector = predictor.metadata.get("detector") or {}
+        if detector.get("every_letter"):
+            print("(it learned every letter: both columns are of letters it learned)")
+        if detector.get("hold_out"):
+            print(
+                f"(held out of its training, both columns unseen for them: {detector['hold_out']})"
+            )
+        print("| alphabet | letters trained on | letters never drawn in training |")
+        print("|---|---|---|")
+        for alphabet, (trained, unseen) in shares.items():
+            print(f"| {alphabet} | {100 * trained:.0f}% | {100 * unseen:.0f}% |")
+        means = np.mean(list(shares.values()), axis=0)
+        print(f"| mean | {100 * means[0]:.1f}% | {100 * means[1]:.1f}% |")
 
 
 def draw_kept(predictor: Predictor, sets: EvaluationSets, path: Path) -> None:

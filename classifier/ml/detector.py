@@ -80,6 +80,11 @@ class DetectorConfig:
         "weight of the drawn digits against the MNIST digits, within the digits' half of the loss",
     )
     hold_out: str = _option("", HOLD_OUT_HELP)
+    every_letter: bool = _option(
+        False,
+        'learn every letter of the alphabets, not two thirds (the letters of the "eval" split '
+        "are then seen in training, and `evaluate` says so)",
+    )
     seed: int = _option(1, "random seed of the pools, the augmentation and the head")
     threads: int | None = _option(1, "CPU threads for torch; none: torch's choice")
 
@@ -124,7 +129,12 @@ def make_pools(config: DetectorConfig, train: Split) -> Pools:
     )
     families = families_for("train", config.held_out)
     outliers, _ = make_outliers(
-        config.outlier_pool, "train", config.seed, families, size=POOL_CANVAS_SIZE
+        config.outlier_pool,
+        "train",
+        config.seed,
+        families,
+        size=POOL_CANVAS_SIZE,
+        every_letter=config.every_letter,
     )
     return Pools(images[: config.mnist_digits], drawn, outliers)
 

@@ -638,18 +638,23 @@ def fonts_for(char: str, fonts: tuple[Path, ...] = DEJAVU) -> tuple[Path, ...]:
 
 
 @functools.cache
-def _split_letters(script: Script, split: str) -> str:
+def _split_letters(script: Script, split: str, every_letter: bool = False) -> str:
     drawn = [c for c in script.letters if fonts_for(c, script.fonts)]
+    if every_letter:
+        return "".join(drawn)
     kept = [c for c in drawn if zlib.crc32(c.encode()) % 3 == 0]
     return "".join(kept if split == "eval" else [c for c in drawn if c not in kept])
 
 
-def letters(family: str, split: str) -> list[tuple[Script, str]]:
+def letters(family: str, split: str, every_letter: bool = False) -> list[tuple[Script, str]]:
     """Each script of `family` with the letters `split` draws of it (scripts with none left
     out): a fixed third of every alphabet is kept for "eval", the rest for the other splits;
-    the fonts must draw them."""
+    the fonts must draw them. `every_letter` draws the whole alphabet in a training split (the
+    "eval" letters are then no longer unseen by a model trained on it)."""
     _check_split(split)
-    found = [(script, _split_letters(script, split)) for script in SCRIPTS[family]]
+    if every_letter and split == "eval":
+        raise ValueError('every_letter is for training splits; "eval" keeps its third.')
+    found = [(script, _split_letters(script, split, every_letter)) for script in SCRIPTS[family]]
     return [(script, chars) for script, chars in found if chars]
 
 
@@ -734,13 +739,17 @@ def drawable(families: tuple[str, ...], split: str) -> tuple[str, ...]:
 
 
 def outlier_drawing(
-    family: str, rng: np.random.Generator, split: str, size: int = CANVAS_SIZE
+    family: str,
+    rng: np.random.Generator,
+    split: str,
+    size: int = CANVAS_SIZE,
+    every_letter: bool = False,
 ) -> Image.Image:
-    """One canvas drawing of `family`, as a person would send it."""
+    """One canvas drawing of `family`, as a person would send it (`every_letter`: `letters`)."""
     if family in STROKE_MAKERS:
         return draw_strokes(STROKE_MAKERS[family](rng), rng, size)
     if family in SCRIPTS:
-        scripts = letters(family, split)
+        scripts = letters(family, split, every_letter)
         if not scripts:
             raise ValueError(f"No font draws the {family} characters of the {split} split.")
         script, chars = scripts[int(rng.integers(len(scripts)))]
@@ -770,9 +779,11 @@ def make_outliers(
     seed: int = 0,
     families: Sequence[str] | None = None,
     size: int = CANVAS_SIZE,
+    every_letter: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
     """`count` outliers of `split` as the model sees them (uint8 (N, 28, 28)) and the family of
-    each, the families taking turns. Families whose fonts are missing are left out (logged)."""
+    each, the families taking turns. Families whose fonts are missing are left out (logged);
+    `every_letter`: see `letters`."""
     usable = drawable(tuple(families), split) if families else families_for(split)
     images, names = [], []
     for index in range(count):
@@ -780,7 +791,7 @@ def make_outliers(
         for attempt in range(MAX_ATTEMPTS):
             rng = split_rng(split, seed, index, attempt)
             try:
-                image = to_mnist(outlier_drawing(family, rng, split, size))
+                image = to_mnist(outlier_drawing(family, rng, split, size, every_letter))
             except ImageError:  # a drawing that left the canvas blank
                 continue
             if not looks_like_a_stroke(image):

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from classifier.ml.inference import Predictor
-from classifier.ml.outliers import HELD_OUT_SCRIPTS, make_outliers
+from classifier.ml.outliers import HELD_OUT_SCRIPTS, SCRIPTS, families_for, make_outliers
 from classifier.ml.rejection import EvaluationSets, outputs_of
 from tests.benchmarks import load_benchmark
 from tests.helpers import SHIPPED_WEIGHTS, needs_dejavu
@@ -46,3 +46,25 @@ def test_kept_letters_are_drawn_a_row_per_held_out_alphabet(bench, tmp_path):
         )
         assert all((tile == 128).all() for tile in tiles[drawn:])  # the rest left grey
         assert 0 < len(kept) < len(images)  # some letters are turned away, some taken
+
+
+@needs_dejavu  # at least the DejaVu alphabets to draw
+def test_trained_letters_are_measured_per_alphabet_on_both_sides(bench, monkeypatch):
+    drawn: list[tuple[str, int]] = []
+    make = bench.make_outliers
+
+    def spy(count, split, seed, families, **kwargs):
+        drawn.append((split, seed))
+        return make(count, split, seed, families, size=192)
+
+    monkeypatch.setattr(bench, "make_outliers", spy)
+    predictor = Predictor.load(SHIPPED_WEIGHTS, device="cpu")
+
+    shares = bench.trained_letters_rejected(predictor, 5)
+
+    alphabets = [f for f in families_for("eval") if f in SCRIPTS]
+    assert list(shares) == alphabets and "latin" in shares
+    assert drawn == [("train", bench.TRAINED_LETTERS_SEED), ("eval", bench.TRAINED_LETTERS_SEED)]
+    counts = 5 * np.array(list(shares.values()))  # shares of 5 drawings each
+    assert np.allclose(counts, counts.round())
+    assert 0 < np.mean([t for t, _ in shares.values()]) <= 1

@@ -17,7 +17,7 @@ from classifier.ml.model import ModelConfig
 from classifier.ml.outliers import families_for
 from classifier.ml.report import report_paths
 from classifier.ml.training import TrainConfig
-from classifier.ml.weights import load_weights, sidecar_path
+from classifier.ml.weights import load_weights, save_weights, sidecar_path
 from tests.helpers import SHIPPED_WEIGHTS
 
 
@@ -59,7 +59,27 @@ def test_evaluate_json_reports_what_the_threshold_rejects(data_dir):
     assert report["mnist_rejected"] <= 0.01
     assert report["outliers_rejected"] >= 0.3
     assert set(report["families_rejected"]) == set(families_for("eval"))
+    assert report["eval_letters_unseen"] is not shipped_learned_every_letter()
     assert 0.5 < report["auroc"] <= 1.0 and 0.0 <= report["fpr_at_95_tpr"] <= 1.0
+
+
+def shipped_learned_every_letter() -> bool:
+    return load_weights(SHIPPED_WEIGHTS)[1]["detector"].get("every_letter", False)
+
+
+def test_evaluate_says_when_a_head_learned_the_letters_it_is_measured_on(data_dir, tmp_path):
+    tensors, meta = load_weights(SHIPPED_WEIGHTS)
+    for every_letter in (False, True):
+        kept = {k: v for k, v in meta.items() if k not in ("version", "created", "format")}
+        path = tmp_path / f"every-{every_letter}.safetensors"
+        save_weights(
+            tensors, path, {**kept, "detector": {**meta["detector"], "every_letter": every_letter}}
+        )
+        options = ("--weights", str(path), "--data-dir", str(data_dir), "--device", "cpu",
+                   "--outliers-per-family", "2", "--drawn", "20")  # fmt: skip
+        report = json.loads(run("evaluate", *options, "--json"))["not_a_digit"]
+        assert report["eval_letters_unseen"] is not every_letter
+        assert ("learned every letter" in run("evaluate", *options)) is every_letter
 
 
 def test_evaluate_text(data_dir):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from classifier.ml import outliers
 from classifier.ml.outliers import (
     FAMILIES,
     HELD_OUT_SCRIPTS,
@@ -59,6 +60,37 @@ def test_evaluation_characters_are_never_trained_on() -> None:
         assert not train & evaluate, script
         assert evaluate, f"no {script} character is kept for evaluation"
         assert len(train) >= len(evaluate), script
+
+
+def test_a_head_to_ship_learns_every_letter_and_evaluation_keeps_its_third() -> None:
+    for script in families_for("eval"):
+        if script not in SCRIPTS:
+            continue
+        train, evaluate, every = (
+            {c for _, chars in letters(script, split, every) for c in chars}
+            for split, every in (("train", False), ("eval", False), ("train", True))
+        )
+        assert every == train | evaluate, script
+    with pytest.raises(ValueError, match="every_letter"):
+        letters("latin", "eval", every_letter=True)
+
+
+@needs_dejavu
+def test_every_letter_reaches_the_drawings(monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[str] = []
+    real = outliers.font_drawing
+
+    def spy(char: str, *args) -> object:
+        drawn.append(char)
+        return real(char, *args)
+
+    monkeypatch.setattr(outliers, "font_drawing", spy)
+    third = {c for _, chars in letters("latin", "eval") for c in chars}
+    make_outliers(60, "train", 0, ["latin"], size=64, every_letter=True)
+    assert set(drawn) & third
+    drawn.clear()
+    make_outliers(60, "train", 0, ["latin"], size=64)
+    assert drawn and not set(drawn) & third
 
 
 @needs_dejavu

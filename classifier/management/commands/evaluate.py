@@ -94,7 +94,12 @@ class Command(BaseCommand):
         }
         if options["outliers_per_family"] > 0:
             sets = evaluation_sets(test, options["drawn"], options["outliers_per_family"])
-            summary["not_a_digit"] = rejection_report(predictor.model, predictor.rejection, sets)
+            report = rejection_report(predictor.model, predictor.rejection, sets)
+            # A head trained with `--every-letter` has seen the letters the "eval" split draws
+            # (in other drawings): its alphabets' shares are then not of unseen letters.
+            detector = predictor.metadata.get("detector") or {}
+            report["eval_letters_unseen"] = not detector.get("every_letter", False)
+            summary["not_a_digit"] = report
         if options["json"]:
             self.stdout.write(json.dumps(summary))
             return
@@ -132,3 +137,8 @@ class Command(BaseCommand):
             "Rejected per family: "
             + ", ".join(f"{f} {100 * v:.0f}%" for f, v in report["families_rejected"].items())
         )
+        if not report["eval_letters_unseen"]:
+            self.stdout.write(
+                "(These weights learned every letter: the alphabets' shares are of new drawings "
+                "of letters seen in training.)"
+            )
