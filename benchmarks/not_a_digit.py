@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/not_a_digit.py --weights A.safetensors [--weights B ...]
         [--data-dir DIR] [--outliers-per-family 200] [--drawn 2000] [--threads 1] [--json PATH]
-        [--kept PNG] [--trained-letters 200]
+        [--kept PNG] [--trained-letters 200] [--max-rejected 0.002,0.004]
 
 For each weights file, and for each score of its logits (maximum softmax probability; the same at
 the temperature that fits the MNIST validation labels; the energy score) and, for weights with a
@@ -47,8 +47,10 @@ from classifier.ml.outliers import (  # noqa: E402
 )
 from classifier.ml.rejection import (  # noqa: E402
     DRAWN_CALIBRATION_COUNT,
+    DRAWN_MAX_REJECTED,
     EVAL_DRAWN_COUNT,
     EVAL_OUTLIERS_PER_FAMILY,
+    MNIST_MAX_REJECTED,
     EvaluationSets,
     choose_threshold,
     evaluation_sets,
@@ -92,6 +94,13 @@ def main() -> int:
         type=int,
         default=EVAL_DRAWN_COUNT,
         help=f"MNIST test digits drawn on the canvas (default: {EVAL_DRAWN_COUNT})",
+    )
+    parser.add_argument(
+        "--max-rejected",
+        type=_shares,
+        default=(MNIST_MAX_REJECTED, DRAWN_MAX_REJECTED),
+        help="the threshold rule: the most of the calibration digits, MNIST and canvas, a chosen "
+        f"threshold may reject (default: {MNIST_MAX_REJECTED},{DRAWN_MAX_REJECTED})",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--json", type=Path, help="also write the figures here (default: none)")
@@ -139,6 +148,8 @@ def main() -> int:
                 calibration_drawn,
                 score=score,
                 temperature=temperature if scaled else 1.0,
+                mnist_max_rejected=args.max_rejected[0],
+                drawn_max_rejected=args.max_rejected[1],
             )
             report = rejection_report(model, rejection, sets)
             name = f"{score} (T={temperature:.2f})" if scaled else score
@@ -179,6 +190,18 @@ def main() -> int:
     if args.trained_letters:
         print_trained_letters(args.weights or [DEFAULT_WEIGHTS], args.trained_letters)
     return 0
+
+
+def _shares(text: str) -> tuple[float, float]:
+    try:
+        mnist, drawn = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected two shares, e.g. 0.002,0.004: {text!r}"
+        ) from None
+    if not (0 <= mnist < 1 and 0 <= drawn < 1):
+        raise argparse.ArgumentTypeError(f"shares are between 0 and 1: {text!r}")
+    return mnist, drawn
 
 
 def trained_letters_rejected(

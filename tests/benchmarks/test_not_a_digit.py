@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -68,3 +70,10 @@ def test_trained_letters_are_measured_per_alphabet_on_both_sides(bench, monkeypa
     counts = 5 * np.array(list(shares.values()))  # shares of 5 drawings each
     assert np.allclose(counts, counts.round())
     assert 0 < np.mean([t for t, _ in shares.values()]) <= 1
+
+
+def test_the_threshold_rule_is_two_shares(bench):
+    assert bench._shares("0.002,0.004") == (0.002, 0.004)
+    for bad in ("0.002", "a,b", "0.002,1.5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench._shares(bad)
