@@ -24,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.paths import DEFAULT_WEIGHTS, add_data_dir  # noqa: E402
 from classifier.ml.canvas import (  # noqa: E402 - after the path set-up
     CANVAS_SIZE,
     STYLE_WEIGHTS,
@@ -37,9 +38,6 @@ from classifier.ml.canvas import (  # noqa: E402 - after the path set-up
 from classifier.ml.data import load_test_split  # noqa: E402
 from classifier.ml.inference import Predictor  # noqa: E402
 from classifier.ml.preprocessing import preprocess  # noqa: E402
-
-DEFAULT_WEIGHTS = ROOT / "classifier" / "weights" / "digits-cnn.safetensors"
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "datasets"
 
 
 def accuracy_line(name: str, correct: int, total: int) -> str:
@@ -62,12 +60,7 @@ def main() -> int:
         default=DEFAULT_WEIGHTS,
         help=f"weights to score (default: {DEFAULT_WEIGHTS.relative_to(ROOT)})",
     )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help=f"MNIST directory (default: {DEFAULT_DATA_DIR})",
-    )
+    add_data_dir(parser)
     parser.add_argument(
         "--count",
         type=int,

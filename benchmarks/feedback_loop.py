@@ -47,6 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.paths import DEFAULT_WEIGHTS, add_data_dir  # noqa: E402
 from classifier.ml.canvas import (  # noqa: E402 - after the path set-up
     CANVAS_SIZE,
     PAGE_BRUSH_PX,
@@ -58,8 +59,6 @@ from classifier.ml.canvas import (  # noqa: E402 - after the path set-up
 )
 from classifier.serving import protocol  # noqa: E402
 
-DEFAULT_WEIGHTS = ROOT / "classifier" / "weights" / "digits-cnn.safetensors"
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "datasets"
 # The size of the canvas export the page sends (frontend/static/frontend/app.js, EXPORT_SIZE).
 EXPORT_SIZE = 192
 # Seconds to wait for one answer before counting it lost (the server answers `timeout` itself
@@ -359,12 +358,7 @@ def main() -> int:
         default=None,
         help="retrain's --epochs (default: none given, retrain's own default)",
     )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help=f"MNIST directory, the stack's DIGITS_DATA_DIR (default: {DEFAULT_DATA_DIR})",
-    )
+    add_data_dir(parser, "MNIST directory, the stack's DIGITS_DATA_DIR")
     parser.add_argument(
         "--weights",
         type=Path,

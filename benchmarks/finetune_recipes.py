@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import feedback_loop  # noqa: E402 - after the path set-up
 
+from benchmarks.paths import DEFAULT_WEIGHTS, add_data_dir  # noqa: E402
 from classifier.ml.data import Split, load_mnist  # noqa: E402
 from classifier.ml.finetune import (  # noqa: E402
     FinetuneConfig,
@@ -76,15 +77,10 @@ def main() -> int:
     parser.add_argument(
         "--weights",
         type=Path,
-        default=feedback_loop.DEFAULT_WEIGHTS,
+        default=DEFAULT_WEIGHTS,
         help="the served model (default: the shipped weights)",
     )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=feedback_loop.DEFAULT_DATA_DIR,
-        help="where MNIST is, as <dir>/MNIST/raw/ (default: ../shared/datasets)",
-    )
+    add_data_dir(parser, "where MNIST is, as <dir>/MNIST/raw/")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)

@@ -36,6 +36,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.paths import DEFAULT_WEIGHTS, add_data_dir  # noqa: E402
 from classifier.ml.data import load_mnist  # noqa: E402 - after the path set-up
 from classifier.ml.inference import Predictor  # noqa: E402
 from classifier.ml.outliers import (  # noqa: E402
@@ -61,8 +62,6 @@ from classifier.ml.rejection import (  # noqa: E402
     rejection_report,
 )
 
-DEFAULT_WEIGHTS = ROOT / "classifier" / "weights" / "digits-cnn.safetensors"
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "datasets"
 METHODS = (("msp", False), ("msp", True), ("energy", False))
 KEPT_PER_ROW = 24
 # The seed of --trained-letters' drawings: training pools use small seeds (train_detector: 1).
@@ -77,12 +76,7 @@ def main() -> int:
         action="append",
         help=f"weights to compare, repeated (default: {DEFAULT_WEIGHTS.relative_to(ROOT)})",
     )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help=f"MNIST directory (default: {DEFAULT_DATA_DIR})",
-    )
+    add_data_dir(parser)
     parser.add_argument(
         "--outliers-per-family",
         type=int,

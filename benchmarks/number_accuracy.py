@@ -27,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.paths import DEFAULT_WEIGHTS, add_data_dir  # noqa: E402
 from classifier.ml.canvas import (  # noqa: E402
     render_bitmap_png,
     render_canvas,
@@ -46,8 +47,6 @@ from classifier.ml.numbers import (  # noqa: E402
 from classifier.ml.preprocessing import preprocess  # noqa: E402
 from classifier.ml.segmentation import segment_bytes  # noqa: E402
 
-DEFAULT_WEIGHTS = ROOT / "classifier" / "weights" / "digits-cnn.safetensors"
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "datasets"
 IN_A_ROW = ("tight", "normal", "wide")
 
 
@@ -111,7 +110,7 @@ def parse_lengths(text: str) -> list[int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    add_data_dir(parser)
     parser.add_argument(
         "--count", type=int, default=300, help="numbers per set and per length (default 300)"
     )

@@ -23,7 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "datasets"
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.paths import DEFAULT_DATA_DIR  # noqa: E402 - after the path set-up
+
 TARGET_S = 300.0
 # Canvas size of the generated drawings: preprocessing scales them to 20 px anyway, and a small
 # canvas draws 10,000 of them in seconds.

@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "datasets"
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.paths import add_data_dir  # noqa: E402 - after the path set-up
 
 
 def cpu_name() -> str:
@@ -37,12 +39,7 @@ def cpu_name() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help=f"MNIST directory (default: {DEFAULT_DATA_DIR})",
-    )
+    add_data_dir(parser)
     parser.add_argument(
         "--target", type=float, default=0.995, help="test accuracy to reach (default: 0.995)"
     )
