@@ -10,8 +10,9 @@ detector head (`classifier.ml.detector`), the head's logit, a threshold is chose
 on held-out digits only (`classifier.ml.rejection.choose_threshold`: MNIST validation and
 canvas drawings of them, split "calibration"), then measured on the evaluation sets: MNIST test,
 test digits drawn on the canvas, and generated non-digits of the "eval" split (other seeds, and a
-third of every alphabet's letters that training never draws; weights trained with
-`train_detector --hold-out armenian,georgian,hebrew` never saw those alphabets at all). Prints
+third of every alphabet's letters that a head trained with `train_detector --no-every-letter`
+never draws; weights trained with `--hold-out armenian,georgian,hebrew` never saw those
+alphabets at all). Prints
 a Markdown table of AUROC, FPR at 95% TPR and what each threshold rejects, then the share of
 each family rejected. Weights that carry a threshold are also measured at it, as they serve.
 

@@ -44,7 +44,7 @@ def add_config_options(
     """One option per field of the dataclass `config`: its help, type and default come from
     the field, so each default lives in one place. `defaults` replaces a field's default with
     (value, how to show it), for the ones an environment setting chooses. A boolean field that
-    defaults to True becomes `--no-<name>`."""
+    defaults to True becomes `--no-<name>`, helped by its `off_help` where it has one."""
     hints = typing.get_type_hints(config)
     for field in dataclasses.fields(config):
         option = "--" + field.name.replace("_", "-")
@@ -60,7 +60,8 @@ def add_config_options(
                     "--no-" + field.name.replace("_", "-"),
                     dest=field.name,
                     action="store_false",
-                    help=f"do not {help_text} (default: {field.name.replace('_', ' ')})",
+                    help=f"{extra.get('off_help', f'do not {help_text}')} "
+                    f"(default: {field.name.replace('_', ' ')})",
                 )
             else:
                 parser.add_argument(option, action="store_true", help=f"{help_text} (default: off)")

@@ -123,7 +123,7 @@ SCRIPTS: dict[str, tuple[Script, ...]] = {
             _chars((0x531, 0x556), (0x561, 0x586), leave_out="ՕօՅյՑցԳգ"), DEJAVU + _noto("Armenian")
         ),
     ),
-    "georgian": (Script(_chars((0x10D0, 0x10F0), leave_out="ႣႩ"), DEJAVU + _noto("Georgian")),),
+    "georgian": (Script(_chars((0x10D0, 0x10F0)), DEJAVU + _noto("Georgian")),),
     "hebrew": (
         Script(
             _chars((0x5D0, 0x5EA), leave_out="וןך"),
@@ -161,6 +161,7 @@ SCRIPTS: dict[str, tuple[Script, ...]] = {
         _noto_script("Tibetan", (0xF40, 0xF6C)),
         _noto_script("MeeteiMayek", (0xABC0, 0xABDA)),
         _noto_script("SylotiNagri", (0xA800, 0xA82B)),
+        _noto_script("Grantha", (0x11305, 0x11339), leave_out="\U00011320"),  # a ring: a 0
     ),
     "asian": (
         _noto_script("Thai", (0xE01, 0xE2E)),
@@ -170,6 +171,10 @@ SCRIPTS: dict[str, tuple[Script, ...]] = {
         _noto_script("Balinese", (0x1B05, 0x1B33)),
         _noto_script("Tagalog", (0x1700, 0x1711)),
         _noto_script("Yi", (0xA000, 0xA48C)),
+        # Loops like 6 and 9 left out, and the double ring (00).
+        _noto_script(
+            "Mongolian", (0x1820, 0x1842), leave_out="\u182a\u182b\u1833\u1836\u1839\u1842"
+        ),
     ),
     "african": (
         _noto_script("Ethiopic", (0x1200, 0x135A)),
@@ -195,6 +200,14 @@ SCRIPTS: dict[str, tuple[Script, ...]] = {
         _noto_script("Deseret", (0x10400, 0x1044F)),
         _noto_script("Shavian", (0x10450, 0x1047F)),
         _noto_script("OldHungarian", (0x10C80, 0x10CB2)),
+        # Georgian capitals (Asomtavruli), less those written like digits.
+        Script(_chars((0x10A0, 0x10C5), leave_out="ႡႣႤႨႩႯႷႺႽჃ"), DEJAVU + _noto("Georgian")),
+        # Aramaic, Hebrew's forerunner, less the letters like 0, 1, 3, 4 and 7.
+        _noto_script(
+            "ImperialAramaic",
+            (0x10840, 0x10855),
+            leave_out="\U00010843\U00010845\U00010846\U00010848\U0001084e\U00010850",
+        ),
     ),
     # Korean letters and Japanese kana, from fonts-nanum and fonts-ipafont. Left out: ieung (a
     # ring), giyeok (a 7), mieum and ro (boxes: a 0), the bars, and kana like 1, 2 or 7.

@@ -12,7 +12,9 @@ from django.core.management.base import CommandError
 from PIL import Image
 
 from classifier.management.commands.train import Command as TrainCommand
+from classifier.management.commands.train_detector import Command as DetectorCommand
 from classifier.ml.data import MNIST_FILES
+from classifier.ml.detector import DetectorConfig
 from classifier.ml.model import ModelConfig
 from classifier.ml.outliers import families_for
 from classifier.ml.report import report_paths
@@ -199,3 +201,15 @@ def test_train_has_one_option_per_config_field_with_its_default():
     ) == TrainConfig(device=defaults["device"])
     args = vars(parser.parse_args(["--no-augment", "--limit", "5", "--lr", "0.01"]))
     assert (args["augment"], args["limit"], args["lr"]) == (False, 5, 0.01)
+
+
+def test_train_detector_learns_every_letter_unless_told_to_measure() -> None:
+    """The default head is the shipped recipe; `--no-every-letter` keeps a third unseen, and its
+    help says what it does rather than "do not learn every letter"."""
+    parser = DetectorCommand().create_parser("manage.py", "train_detector")
+    helps = {action.dest: action.help for action in parser._actions}
+    assert DetectorConfig().every_letter is True
+    assert vars(parser.parse_args([]))["every_letter"] is True
+    assert vars(parser.parse_args(["--no-every-letter"]))["every_letter"] is False
+    assert helps["every_letter"].startswith("learn two thirds")
+    assert "(default: every letter)" in helps["every_letter"]

@@ -95,8 +95,9 @@ class Command(BaseCommand):
         if options["outliers_per_family"] > 0:
             sets = evaluation_sets(test, options["drawn"], options["outliers_per_family"])
             report = rejection_report(predictor.model, predictor.rejection, sets)
-            # A head trained with `--every-letter` has seen the letters the "eval" split draws
-            # (in other drawings): its alphabets' shares are then not of unseen letters.
+            # A head that learned every letter (train_detector's default) has seen the letters
+            # the "eval" split draws (in other drawings): its alphabets' shares are then not of
+            # unseen letters.
             detector = predictor.metadata.get("detector") or {}
             report["eval_letters_unseen"] = not detector.get("every_letter", False)
             summary["not_a_digit"] = report
