@@ -209,9 +209,7 @@ def trained_letters_rejected(
     shares = {}
     for split in ("train", "eval"):
         images, names = make_outliers(count, split, TRAINED_LETTERS_SEED, alphabets)
-        logits, detector = outputs_of(predictor.model, images)
-        scores = predictor.rejection.scores(logits, detector).numpy()
-        rejected = scores < predictor.rejection.threshold
+        rejected = ~predictor.rejection.is_digit(*outputs_of(predictor.model, images)).numpy()
         names = np.asarray(names)
         shares[split] = {a: float(rejected[names == a].mean()) for a in alphabets}
     return {a: (shares["train"][a], shares["eval"][a]) for a in alphabets}
@@ -248,12 +246,11 @@ def draw_kept(predictor: Predictor, sets: EvaluationSets, path: Path) -> None:
     rows = []
     for family in HELD_OUT_SCRIPTS:
         images = sets.outliers[np.asarray(sets.families) == family]
-        logits, detector = outputs_of(predictor.model, images)
         rejection = predictor.rejection
         kept = (
             images
             if rejection is None
-            else images[rejection.scores(logits, detector).numpy() >= rejection.threshold]
+            else images[rejection.is_digit(*outputs_of(predictor.model, images)).numpy()]
         )
         row = np.full((28, KEPT_PER_ROW * 30), 128, np.uint8)
         for index, image in enumerate(kept[:KEPT_PER_ROW]):
