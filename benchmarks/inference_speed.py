@@ -42,7 +42,8 @@ django.setup()
 import torch  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from benchmarks.load import in_process_limit, machine_line, make_images  # noqa: E402
+from benchmarks.load import in_process_limit, machine_line  # noqa: E402
+from benchmarks.load_drawings import make_images  # noqa: E402
 from classifier.ml.inference import Predictor  # noqa: E402
 from classifier.ml.input import IMAGE_SIZE  # noqa: E402
 from classifier.ml.model import build_model, normalize  # noqa: E402

@@ -30,6 +30,20 @@ of `--number-length` digits drawn with the stroke templates on the page's number
 alternating between the two, at one client, compare a number's latency with a digit's in one
 run on the same machine load.
 
+`--input png,ink,...` sets how each phase's requests carry the drawing: as the page's PNG (a
+data URL) or as ink (the strokes, in whole pixels of the page's 192-pixel pad with times in ms,
+as the page sends them). When any phase sends ink, every phase draws from the same drawings, so
+the two are compared on the same strokes: the pen digits' real strokes
+(`../shared/datasets/pendigits`, the writers the shipped model never saw; the stroke templates
+without the data set) placed on the pad as people draw, and for numbers, numbers composed of one
+writer's digits (classifier/ml/ink_numbers.py). The mean bytes of each kind's frames are printed,
+and the in-process limit is measured for each kind sent.
+
+`--via ws,http,...` sets which way in each phase's clients take: the websocket (the default)
+or the HTTP API (`POST /api/v1/predict`, through benchmarks/http_socket.py: each client a pool of
+keep-alive connections, one per request in flight, posting the same frames as bodies). Phases
+alternating between the two at one client compare their latency in one run on the same load.
+
 `--direct` then runs the same phases against benchmarks/direct_server.py, a single-process
 websocket server with no queue and no batching running the worker's own code inline, and prints
 the service's throughput and latency as multiples of its.
@@ -39,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -76,17 +89,21 @@ django.setup()
 import websockets  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from classifier.ml.canvas import render_canvas_png, render_template_png, to_png  # noqa: E402
-from classifier.ml.data import DataError, load_test_split  # noqa: E402
+from benchmarks.http_socket import HttpSocket  # noqa: E402
+from benchmarks.load_drawings import (  # noqa: E402
+    INPUTS,
+    NUMBER_EXPORT_SIZE,
+    Images,
+    make_images,
+    make_ink_drawings,
+    make_ink_numbers,
+    make_numbers,
+)
 from classifier.serving import protocol  # noqa: E402
 from classifier.serving.protocol import PREDICT_PATH  # noqa: E402
 from classifier.serving.tasks import READY_MESSAGE  # noqa: E402
 from digits_site.devstack import free_port  # noqa: E402
 
-# The size of the canvas export the page sends (frontend/static/frontend/app.js, EXPORT_SIZE).
-PAGE_EXPORT_SIZE = 192
-# The number canvas's export (app.js, NUMBER_EXPORT): twice as wide, as high.
-NUMBER_EXPORT_SIZE = (2 * PAGE_EXPORT_SIZE, PAGE_EXPORT_SIZE)
 STACK_START_TIMEOUT = 180.0
 TIMING_NAMES = ("queue", "preprocess", "inference", "worker", "server")
 # The default phases' intervals (ms; 0: closed loop), for the default three --clients phases.
@@ -95,87 +112,39 @@ DEFAULT_INTERVALS = [0, 125, 0]
 DIRECT_READY = "Direct server listening"
 
 
-# --- Images -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Images:
-    """Data URLs of canvas PNGs with their digits, and the raw PNG bytes."""
-
-    urls: list[str]
-    pngs: list[bytes]
-    labels: list[int] | list[str]
-    expect: str = protocol.EXPECT_DIGIT  # "number": the labels are the numbers' digits
-
-
-def make_numbers(count: int, seed: int, length: int) -> Images:
-    """Numbers of `length` digits drawn from the stroke templates on the number canvas, with the
-    gaps people leave when writing in a row."""
-    from classifier.ml.numbers import template_number
-
-    rng = np.random.default_rng(seed)
-    pngs: list[bytes] = []
-    labels: list[str] = []
-    for n in range(count):
-        gap = ("tight", "normal", "wide")[n % 3]
-        number = template_number(rng, length, gap=gap, size=NUMBER_EXPORT_SIZE)
-        pngs.append(to_png(number.image))
-        labels.append(number.label)
-    urls = ["data:image/png;base64," + base64.b64encode(png).decode("ascii") for png in pngs]
-    return Images(urls, pngs, labels, protocol.EXPECT_NUMBER)
-
-
-def make_images(count: int, seed: int, data_dir: Path) -> tuple[Images, str]:
-    """Canvases of MNIST test digits as the page draws them; stroke templates without MNIST."""
-    rng = np.random.default_rng(seed)
-    pngs: list[bytes] = []
-    labels: list[int] = []
-    try:
-        split = load_test_split(data_dir, download=False)
-        source = f"MNIST test digits redrawn as canvases ({data_dir})"
-        for index in rng.permutation(len(split))[:count]:
-            image = split.images[int(index)].numpy()
-            pngs.append(render_canvas_png(image, rng, style="page", size=PAGE_EXPORT_SIZE))
-            labels.append(int(split.labels[int(index)]))
-    except (DataError, OSError) as exc:
-        source = f"stroke templates (no MNIST: {exc})"
-        for n in range(count):
-            digit = n % 10
-            png = render_template_png(digit, rng=rng, style="page", size=PAGE_EXPORT_SIZE)
-            pngs.append(png)
-            labels.append(digit)
-    urls = ["data:image/png;base64," + base64.b64encode(png).decode("ascii") for png in pngs]
-    return Images(urls, pngs, labels), source
-
-
 # --- The in-process limit -------------------------------------------------------------------------
 
 
 def in_process_limit(images: Images, seconds: float, device: str) -> tuple[float, int]:
     """Images/s of decode + preprocess + model alone: the worker's code, batch size and threads.
 
-    The base64 payloads go through the same `prepare_batch` the worker runs on task kwargs (on
-    as many threads as DIGITS_PREPROCESS_THREADS gives it), and the batches through the same
-    `Predictor`; no Celery, Redis, websocket or answer encoding.
+    The base64 payloads go through the same `prepare_items` the worker runs on task kwargs (on
+    as many threads as DIGITS_PREPROCESS_THREADS gives it; ink rasterized on the model's device
+    when it is a GPU), and the batches through the same `Predictor`; no Celery, Redis, websocket
+    or answer encoding.
     """
     import torch
 
     from classifier.ml.inference import Predictor
-    from classifier.serving.batch import prepare_batch
+    from classifier.serving.batch import prepare_items
 
     if settings.DIGITS_TORCH_THREADS > 0:
         torch.set_num_threads(settings.DIGITS_TORCH_THREADS)
     predictor = Predictor.load(settings.DIGITS_WEIGHTS, device=device)
     predictor.warm_up()
     batch = settings.DIGITS_BATCH_SIZE
-    payloads = [url.split(",", 1)[1] for url in images.urls]
+    if images.input == "ink":
+        items = [{"ink": json.loads(ink)} for ink in images.inks]
+    else:
+        items = [{"image": url.split(",", 1)[1]} for url in images.urls]
+    rasterize_on = predictor.device if predictor.device.type == "cuda" else None
     threads = settings.DIGITS_PREPROCESS_THREADS
     with ThreadPoolExecutor(threads) if threads > 1 else contextlib.nullcontext() as pool:
         done = 0
         started = time.perf_counter()
         while True:
-            for start in range(0, len(payloads), batch):
-                prepared = prepare_batch(payloads[start : start + batch], pool)
+            for start in range(0, len(items), batch):
+                prepared = prepare_items(items[start : start + batch], pool, rasterize_on)
                 predictor.predict_with_version(np.stack([p.image for p in prepared]))
                 done += len(prepared)
             if time.perf_counter() - started >= seconds:
@@ -284,6 +253,8 @@ class PhaseResult:
     inflight: int
     interval: float  # seconds between a client's sends; 0: closed loop
     expect: str = protocol.EXPECT_DIGIT
+    input: str = "png"  # how the drawing was sent: "png" or "ink"
+    via: str = "ws"  # which way in: "ws" (the websocket) or "http" (the HTTP API)
     window: float = 0.0  # seconds measured (after the warm-up)
     sent: int = 0
     skipped: int = 0  # open loop: ticks skipped because the client had `inflight` outstanding
@@ -362,7 +333,7 @@ async def _run_client(
         in_flight[request_id] = (time.perf_counter(), images.labels[index])
         result.sent += 1
         await connection.send(
-            f'{{"type":"predict","id":"{request_id}","image":"{images.urls[index]}"{expect}}}'
+            f'{{"type":"predict","id":"{request_id}",{images.body(index)}{expect}}}'
         )
 
     def check_settled() -> None:
@@ -436,13 +407,16 @@ async def run_phase(
     drain: float,
     max_requests: int,
     service: Service,
+    via: str = "ws",
 ) -> PhaseResult:
-    result = PhaseResult(clients, inflight, interval, images.expect)
+    result = PhaseResult(clients, inflight, interval, images.expect, input=images.input, via=via)
     result.load_before = os.getloadavg()
     processes = {**service.processes, "clients": os.getpid()}
     connections = await asyncio.gather(
         *(
-            websockets.connect(
+            HttpSocket.connect(service.origin, inflight)
+            if via == "http"
+            else websockets.connect(
                 service.url,
                 origin=service.origin,
                 compression=None,
@@ -748,6 +722,7 @@ def print_phase(result: PhaseResult) -> None:
         mode = f"{result.clients:>3} clients x {result.inflight} in flight (closed loop)"
     if result.expect != protocol.EXPECT_DIGIT:
         mode += f", {result.expect}s"
+    mode += f", {result.input}" + (" over HTTP" if result.via == "http" else "")
     print(
         f"{mode}: {result.rate:7.1f} predictions/s  "
         f"p50 {_percentile(lat, 50):6.1f}  p95 {_percentile(lat, 95):6.1f}  "
@@ -851,6 +826,33 @@ def _counts(text: str, name: str, minimum: int = 1) -> list[int]:
     return values
 
 
+def print_via_ratio(results: list[PhaseResult]) -> None:
+    """The HTTP API's latency against the websocket's at one client, each pooled over its
+    phases (run alternately, so both saw the same machine load)."""
+    pooled: dict[str, list[float]] = {}
+    for result in results:
+        if result.clients == 1 and result.inflight == 1:
+            pooled.setdefault(result.via, []).extend(result.latencies)
+    if not pooled.get("ws") or not pooled.get("http"):
+        return
+    for q in (50, 95):
+        a, b = _percentile(pooled["http"], q), _percentile(pooled["ws"], q)
+        print(f"One client, p{q}: HTTP {a:.2f} ms, websocket {b:.2f} ms: {a - b:+.2f} ms")
+    # On a shared machine the load drifts between phases: the median of each HTTP phase's p50
+    # minus its neighbouring websocket phase's is steadier than the pooled figures.
+    ones = [r for r in results if r.clients == 1 and r.inflight == 1 and r.latencies]
+    pairs = [
+        _percentile(h.latencies, 50) - _percentile(w.latencies, 50)
+        for w, h in zip(
+            [r for r in ones if r.via == "ws"], [r for r in ones if r.via == "http"], strict=False
+        )
+    ]
+    print(
+        f"One client, p50 of HTTP minus websocket over {len(pairs)} alternating pairs: median "
+        f"{statistics.median(pairs):+.2f} ms (each: {', '.join(f'{d:+.1f}' for d in pairs)})"
+    )
+
+
 def print_number_ratio(results: list[PhaseResult]) -> None:
     """A number's latency against a digit's at one client, each pooled over its phases (run
     alternately, so both saw the same machine load)."""
@@ -917,6 +919,21 @@ def main() -> int:
         "for all (default: digit)",
     )
     parser.add_argument(
+        "--input",
+        type=lambda t: t.split(","),
+        default=["png"],
+        help='how each phase\'s requests carry the drawing, "png" (a data URL) or "ink" (the '
+        "strokes), one value per phase or one for all; with any ink, every phase sends the "
+        "same pen drawings (default: png)",
+    )
+    parser.add_argument(
+        "--via",
+        type=lambda t: t.split(","),
+        default=["ws"],
+        help='which way in each phase\'s clients take, "ws" (the websocket) or "http" (POST '
+        "/api/v1/predict), one value per phase or one for all (default: ws)",
+    )
+    parser.add_argument(
         "--number-length",
         type=int,
         default=4,
@@ -978,36 +995,62 @@ def main() -> int:
         args.interval = DEFAULT_INTERVALS if phases == len(DEFAULT_INTERVALS) else [0]
     intervals = args.interval if len(args.interval) > 1 else args.interval * phases
     expects = args.expect if len(args.expect) > 1 else args.expect * phases
-    if len(inflight) != phases or len(intervals) != phases or len(expects) != phases:
+    inputs = args.input if len(args.input) > 1 else args.input * phases
+    if any(len(v) != phases for v in (inflight, intervals, expects, inputs)):
         parser.error(
-            "--inflight, --interval and --expect need one value, or one per --clients phase"
+            "--inflight, --interval, --expect and --input need one value, or one per --clients "
+            "phase"
         )
     if not set(expects) <= set(protocol.EXPECTS):
         parser.error(f"--expect takes {' or '.join(protocol.EXPECTS)}")
+    if not set(inputs) <= set(INPUTS):
+        parser.error(f"--input takes {' or '.join(INPUTS)}")
     if args.url and args.workers:
         parser.error("--workers starts its own stacks: not with --url")
+    vias = args.via if len(args.via) > 1 else args.via * phases
+    if len(vias) != phases or not set(vias) <= {"ws", "http"}:
+        parser.error("--via takes ws or http: one value, or one per --clients phase")
+    if args.direct and "http" in vias:
+        parser.error("--direct compares websockets: the direct server has no HTTP API")
 
-    images, source = make_images(args.images, args.seed, args.data_dir)
+    with_ink = "ink" in inputs
+    if with_ink:
+        images, source = make_ink_drawings(args.images, args.seed, args.data_dir)
+    else:
+        images, source = make_images(args.images, args.seed, args.data_dir)
     print(f"Machine: {machine_line()}")
     mean_bytes = np.mean([len(png) for png in images.pngs])
     print(f"Images: {len(images.urls)} {source}, mean PNG {mean_bytes:.0f} B")
     by_expect = {protocol.EXPECT_DIGIT: images}
     if protocol.EXPECT_NUMBER in expects:
-        by_expect[protocol.EXPECT_NUMBER] = make_numbers(args.images, args.seed, args.number_length)
-        mean_bytes = np.mean([len(png) for png in by_expect[protocol.EXPECT_NUMBER].pngs])
+        if with_ink:
+            numbers = make_ink_numbers(args.images, args.seed, args.number_length, args.data_dir)
+            made_of = "one pen writer's digits each"
+        else:
+            numbers = make_numbers(args.images, args.seed, args.number_length)
+            made_of = "the stroke templates"
+        by_expect[protocol.EXPECT_NUMBER] = numbers
+        mean_bytes = np.mean([len(png) for png in numbers.pngs])
         print(
-            f"Numbers: {args.images} of {args.number_length} digits from the stroke templates, "
+            f"Numbers: {args.images} of {args.number_length} digits from {made_of}, "
             f"{NUMBER_EXPORT_SIZE[0]}x{NUMBER_EXPORT_SIZE[1]}, mean PNG {mean_bytes:.0f} B"
         )
+    for expect in sorted(set(expects)):
+        sizes = "; ".join(
+            f"{kind} {by_expect[expect].as_input(kind).frame_bytes():.0f} B"
+            for kind in sorted(set(inputs))
+        )
+        print(f"Mean predict frame, {expect}s: {sizes}")
     drain = settings.DIGITS_REQUEST_TIMEOUT + 2.0
 
     def measure(service: Service) -> list[PhaseResult]:
         results = []
-        for clients, k, ms, expect in zip(args.clients, inflight, intervals, expects, strict=True):
+        phases = zip(args.clients, inflight, intervals, expects, inputs, vias, strict=True)
+        for clients, k, ms, expect, kind, via in phases:
             result = asyncio.run(
                 run_phase(
-                    by_expect[expect], clients, k, ms / 1000, args.duration, args.warmup, drain,
-                    args.requests, service,
+                    by_expect[expect].as_input(kind), clients, k, ms / 1000, args.duration,
+                    args.warmup, drain, args.requests, service, via,
                 )
             )  # fmt: skip
             print_phase(result)
@@ -1042,6 +1085,7 @@ def main() -> int:
                 print(f"Errors or lost answers: the stack's log is kept at {service.log}")
 
     print_number_ratio(results)
+    print_via_ratio(results)
     direct: list[PhaseResult] = []
     if args.direct:
         with direct_server(args.device) as server:
@@ -1049,15 +1093,19 @@ def main() -> int:
             direct = measure(server)
         print_comparison(results, direct)
     if args.limit_seconds > 0:
-        limit, batch = in_process_limit(images, args.limit_seconds, args.device)
-        best = max(results, key=lambda r: r.rate)
-        print(
-            f"In-process limit (decode + preprocess + model, batches of {batch}): "
-            f"{limit:.1f} images/s; the service reached {best.rate:.1f}/s "
-            f"({best.clients} clients) = {100 * best.rate / limit:.0f}% of it "
-            f"(load average {_load(os.getloadavg())})"
-        )
-        print_overhead(results, limit)
+        for kind in sorted(set(inputs)):
+            limit, batch = in_process_limit(images.as_input(kind), args.limit_seconds, args.device)
+            sent = [r for r in results if r.input == kind and r.expect == protocol.EXPECT_DIGIT]
+            work = "rasterize" if kind == "ink" else "decode + preprocess"
+            print(f"In-process limit, {kind} ({work} + model, batches of {batch}): {limit:.1f}/s")
+            if sent:
+                best = max(sent, key=lambda r: r.rate)
+                print(
+                    f"    the service reached {best.rate:.1f}/s ({best.clients} clients) = "
+                    f"{100 * best.rate / limit:.0f}% of it (load average "
+                    f"{_load(os.getloadavg())})"
+                )
+                print_overhead(sent, limit)
     failed = any(r.lost or sum(r.errors.values()) for r in results + direct)
     return 1 if failed else 0
 

@@ -3,6 +3,8 @@ read in number mode against digit mode.
 
     .venv/bin/python benchmarks/number_accuracy.py [--count 300] [--lengths 2-8] [--seed 0]
         [--data-dir DIR] [--weights PATH]
+    .venv/bin/python benchmarks/number_accuracy.py --source pendigits [--input ink|png|both]
+        [--writers 11-30] [--no-times] [--late 0.0] [--count 300] [--lengths 2-8]
 
 Numbers are drawn by the project's generator (classifier/ml/numbers.py) on the page's 768x384
 number canvas, from the stroke templates ("pen") and from MNIST test digits redrawn along their
@@ -12,6 +14,15 @@ crops -> `Segmentation.read`. "In a row" is the set people write when asked for 
 digits, gaps tight to wide. Single digits (templates and MNIST on the 384x384 digit canvas, MNIST
 as 28x28 bitmaps and redrawn alone on the number canvas) are sent both ways: `preprocess` (digit
 mode) and `segment_bytes` (number mode).
+
+`--source pendigits` measures numbers written by real people instead: each composed of one pen
+digits writer's digits (`--writers`, by default 11-30, the writers training never sees) as ink
+(classifier/ml/ink_numbers.py), with every gap kind, and sent both ways the service reads them
+(`--input`): as ink through `segment_ink` (strokes grouped into digits), and as the PNG the page
+would send of the same strokes (the 768x384 number canvas exported at 384x192, drawn as the page
+draws them, its brush 0.065 of the height: `canvas.draw_page`) through `segment_bytes`. Both
+then share the model call and the reading. The time per number is the service's work on it:
+decoding and cutting (or grouping and rasterizing), the model call and the reading.
 """
 
 from __future__ import annotations
@@ -29,16 +40,23 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.paths import DEFAULT_WEIGHTS, add_data_dir  # noqa: E402
 from classifier.ml.canvas import (  # noqa: E402
+    PAGE_EXPORT_SIZE,
+    draw_page,
     render_bitmap_png,
     render_canvas,
     render_template,
     to_png,
 )
 from classifier.ml.data import load_test_split  # noqa: E402
+from classifier.ml.drawings import pendigits  # noqa: E402
 from classifier.ml.inference import Predictor  # noqa: E402
+from classifier.ml.ink import transformed  # noqa: E402
+from classifier.ml.ink_numbers import InkNumber, number_from, pools  # noqa: E402
+from classifier.ml.ink_segmentation import segment_ink  # noqa: E402
 from classifier.ml.input import ImageError  # noqa: E402
 from classifier.ml.numbers import (  # noqa: E402
     GAPS,
+    NUMBER_CANVAS,
     draw_number,
     mnist_number,
     mnist_strokes,
@@ -48,13 +66,19 @@ from classifier.ml.preprocessing import preprocess  # noqa: E402
 from classifier.ml.segmentation import segment_bytes  # noqa: E402
 
 IN_A_ROW = ("tight", "normal", "wide")
+INPUTS = ("ink", "png")
 
 
 def read(predictor: Predictor, png: bytes) -> str:
     """The number the service reads from PNG bytes ("" when it reads nothing, or when a piece
     is not a digit: the service's `number` is then null)."""
+    return read_found(predictor, lambda: segment_bytes(png))
+
+
+def read_found(predictor: Predictor, find) -> str:
+    """The number read from what `find()` returns (an image's or an ink's segmentation)."""
     try:
-        found = segment_bytes(png)
+        found = find()
         scored = predictor.predict_scored(found.images())
         digits = found.read(scored.probabilities)
     except ImageError:
@@ -107,6 +131,61 @@ def parse_lengths(text: str) -> list[int]:
     return list(range(int(low), int(high or low) + 1))
 
 
+def page_png(number: InkNumber) -> bytes:
+    """The PNG the page sends of this ink: the number canvas exported at the page's size, the
+    strokes drawn as the page draws them (`canvas.draw_page`)."""
+    width, height = NUMBER_CANVAS
+    scale = PAGE_EXPORT_SIZE / height
+    ink = transformed(number.ink, np.eye(2) * scale)
+    return to_png(draw_page(ink, round(width * scale), PAGE_EXPORT_SIZE))
+
+
+def pen_writers_numbers(args: argparse.Namespace, predictor: Predictor) -> None:
+    """Numbers of real writers' digits, sent as ink, as PNG or both (module docstring)."""
+    writers = parse_lengths(args.writers)
+    by_writer = pools(pendigits.read(pendigits.path_in(args.data_dir)))
+    writers = [w for w in writers if w in by_writer]
+    inputs = INPUTS if args.input == "both" else (args.input,)
+    lengths = parse_lengths(args.lengths)
+    per_length = max(1, args.count // len(lengths))
+    rng = np.random.default_rng(args.seed)
+    tallies = {name: Tally() for name in inputs}
+    seconds = dict.fromkeys(inputs, 0.0)
+    gaps = list(GAPS)
+    for length in lengths:
+        for k in range(per_length):
+            writer = writers[int(rng.integers(len(writers)))]
+            gap = gaps[k % len(gaps)]
+            number = number_from(
+                by_writer[writer], rng, length, gap=gap, times=args.times, late=args.late
+            )
+            for name in inputs:
+                if name == "ink":
+                    started = time.perf_counter()
+                    got = read_found(predictor, lambda n=number: segment_ink(n.ink))
+                else:
+                    png = page_png(number)
+                    started = time.perf_counter()
+                    got = read(predictor, png)
+                seconds[name] += time.perf_counter() - started
+                keys = ["all", f"{length} digits", f"gap {gap}"]
+                tallies[name].add(keys, number.label, got)
+    total = per_length * len(lengths)
+    print(
+        f"Numbers of pen digits writers {args.writers} ({len(writers)} writers), {per_length} "
+        f"per length, gaps from overlapping to wide, ink {'with' if args.times else 'without'} "
+        f"times, late strokes {args.late:.0%}:"
+    )
+    for name in inputs:
+        print(f"\nSent as {name} ({1000 * seconds[name] / total:.1f} ms a number):")
+        tally = tallies[name]
+        print("\n".join(tally.lines(["all", *[f"{n} digits" for n in lengths]])))
+        print("\n".join(tally.lines([f"gap {g}" for g in GAPS])))
+    if len(inputs) == 2:
+        (ink, n), (png, _) = tallies["ink"].exact["all"], tallies["png"].exact["all"]
+        print(f"\nInk - PNG, exact numbers: {100 * (ink - png) / n:+.2f} points")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
@@ -117,12 +196,36 @@ def main() -> int:
     parser.add_argument("--lengths", default="2-8", help="lengths of the numbers (default 2-8)")
     parser.add_argument("--singles", type=int, default=1000, help="single digits (default 1000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--source",
+        choices=("generated", "pendigits"),
+        default="generated",
+        help="generated: templates and MNIST drawn as PNG (default); pendigits: real writers",
+    )
+    parser.add_argument(
+        "--input", choices=(*INPUTS, "both"), default="both", help="pendigits: sent as (both)"
+    )
+    parser.add_argument("--writers", default="11-30", help="pendigits writers (default 11-30)")
+    parser.add_argument(
+        "--times",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pendigits: ink with the pen's times (default) or without",
+    )
+    parser.add_argument(
+        "--late", type=float, default=0.0, help="pendigits: share of bars drawn late (0)"
+    )
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(1)
     predictor = Predictor.load(args.weights, device="cpu")
+    if args.source == "pendigits":
+        started = time.perf_counter()
+        pen_writers_numbers(args, predictor)
+        print(f"\n({time.perf_counter() - started:.0f} s, one torch thread)")
+        return 0
     test = load_test_split(args.data_dir)
     mnist_images, mnist_labels = np.asarray(test.images), np.asarray(test.labels)
     rng = np.random.default_rng(args.seed)

@@ -15,6 +15,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 from classifier import corrections
 from classifier.models import Correction, Status
@@ -77,6 +78,9 @@ class CorrectionAdmin(admin.ModelAdmin):
 
     @admin.display(description="as sent")
     def sent_image(self, obj: Correction) -> str:
+        if obj.ink:
+            # Numbers only: ink_svg writes the checked coordinates, nothing else of the client's.
+            return mark_safe(corrections.ink_svg(obj.ink))
         url = corrections.image_data_url(obj)
         if url is None:
             return "(not shown: unknown media type)"

@@ -15,6 +15,7 @@ import hashlib
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,15 @@ if TYPE_CHECKING:
 
 # The media types a stored image may carry (the formats the service decodes).
 MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp")
+
+
+class FeedbackLimit(Exception):
+    """The client has stored `limit` new corrections in the last hour already; nothing was
+    written. One client must not be able to fill the table."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"this client stored {limit} corrections in the last hour already")
 
 
 class UnknownCorrections(LookupError):
@@ -75,13 +85,20 @@ def save_correction(
     client_predicted: int | None,
     client_model: str | None,
     client_hash: str,
+    ink: list[list[list[float]]] | None = None,
+    per_hour: int | None = None,
     using: str = "default",
 ) -> tuple[Correction, bool]:
     """Store a correction; returns the row and whether it is new.
 
-    The same 28x28 image stored again (by anyone, with any label) returns the row already there
-    and False: a drawing sent many times counts once. Arguments out of bounds raise ValueError
-    before anything is written.
+    A drawing comes as an image file (`image` with its `media_type`) or as `ink`, the strokes
+    as the protocol checked them (then `image` is empty and `media_type` ""). The same 28x28
+    image stored again (by anyone, with any label) returns the row already there and False: a
+    drawing sent many times counts once. Arguments out of bounds raise ValueError before
+    anything is written. With `per_hour` (above 0), a new drawing from a client (`client_hash`)
+    that has stored that many in the last hour raises FeedbackLimit (a drawing already stored
+    does not count and is not refused). Two workers storing for one client at the same moment
+    may both pass: it is a cap on filling the table, not an exact quota.
     """
     pixels = image28_bytes(image28)
     if not _is_digit(label):
@@ -90,11 +107,14 @@ def save_correction(
         raise ValueError(f"predicted must be a digit 0-9, not {predicted!r}")
     if client_predicted is not None and not _is_digit(client_predicted):
         raise ValueError(f"client_predicted must be a digit 0-9 or None, not {client_predicted!r}")
-    if not isinstance(image, bytes | bytearray | memoryview) or not 0 < len(image) <= (
+    if ink is not None:
+        if not isinstance(ink, list) or not ink or image or media_type:
+            raise ValueError("ink must be a non-empty list of strokes, with no image")
+    elif not isinstance(image, bytes | bytearray | memoryview) or not 0 < len(image) <= (
         MAX_IMAGE_BYTES
     ):
         raise ValueError(f"image must be 1 to {MAX_IMAGE_BYTES} bytes")
-    if media_type not in MEDIA_TYPES:
+    elif media_type not in MEDIA_TYPES:
         raise ValueError(f"media_type must be one of {', '.join(MEDIA_TYPES)}, not {media_type!r}")
     probabilities = [float(p) for p in probabilities]
     if len(probabilities) != len(DIGITS):
@@ -107,9 +127,12 @@ def save_correction(
     existing = Correction.objects.using(using).filter(image_hash=digest).first()
     if existing is not None:
         return existing, False
+    if per_hour and per_hour > 0 and stored_last_hour(client_hash, using=using) >= per_hour:
+        raise FeedbackLimit(per_hour)
     row = Correction(
         image=bytes(image),
         media_type=media_type,
+        ink=ink,
         image28=pixels,
         image_hash=digest,
         label=label,
@@ -133,6 +156,13 @@ def save_correction(
             raise
         return existing, False
     return row, True
+
+
+def stored_last_hour(client_hash: str, *, using: str = "default") -> int:
+    """How many corrections the client with this `client_hash` stored in the last hour."""
+    since = timezone.now() - timedelta(hours=1)
+    rows = Correction.objects.using(using).filter(client_hash=client_hash, created__gte=since)
+    return rows.count()
 
 
 def stats(*, using: str = "default") -> dict[str, Any]:
@@ -173,6 +203,33 @@ def set_status(ids: Iterable[int] | None, status: str, *, using: str = "default"
                 raise UnknownCorrections(wanted - found)
             rows = rows.filter(pk__in=wanted)
         return rows.update(status=status, reviewed=reviewed)
+
+
+def purge(
+    older_than: timedelta,
+    statuses: Iterable[str] | None = None,
+    *,
+    dry_run: bool = False,
+    using: str = "default",
+) -> tuple[datetime, dict[str, int]]:
+    """Delete the corrections created more than `older_than` ago, of `statuses` only (None:
+    every status); returns the cut-off time and how many of each status went (all statuses,
+    zeros included). `dry_run` counts them and deletes nothing."""
+    wanted = list(Status.values if statuses is None else dict.fromkeys(statuses))
+    for status in wanted:
+        if status not in Status.values:
+            raise ValueError(f"status must be one of {', '.join(Status.values)}, not {status!r}")
+    if older_than < timedelta(0):
+        raise ValueError(f"older_than must not be negative, not {older_than}")
+    cutoff = timezone.now() - older_than
+    counts = dict.fromkeys(Status.values, 0)
+    with transaction.atomic(using=using):
+        rows = Correction.objects.using(using).filter(created__lt=cutoff, status__in=wanted)
+        for status, n in rows.values_list("status").order_by().annotate(n=Count("id")):
+            counts[status] = n
+        if not dry_run:
+            rows.delete()
+    return cutoff, counts
 
 
 def png_bytes(pixels: bytes) -> bytes:
@@ -258,16 +315,56 @@ def accepted_arrays(*, using: str = "default") -> AcceptedCorrections:
     hashes: list[str] = []
     labels: list[int] = []
     pixels = bytearray()
+    inks: dict[int, list] = {}  # row index -> the strokes, for corrections sent as ink
     rows = (
         Correction.objects.using(using)
         .filter(status=Status.ACCEPTED)
         .order_by("image_hash")
-        .values_list("id", "image_hash", "label", "image28")
+        .values_list("id", "image_hash", "label", "image28", "ink")
     )
-    for pk, digest, label, image28 in rows.iterator(chunk_size=2000):
+    for pk, digest, label, image28, ink in rows.iterator(chunk_size=2000):
+        if ink:
+            inks[len(ids)] = ink
         ids.append(pk)
         hashes.append(digest)
         labels.append(label)
         pixels += bytes(image28)
     images = np.frombuffer(bytes(pixels), dtype=np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
-    return AcceptedCorrections(ids, hashes, images.copy(), np.asarray(labels, dtype=np.int64))
+    images = images.copy()
+    if inks:
+        # Ink is drawn afresh by today's rasterizer (the one serving uses), so a correction
+        # keeps teaching what the person drew, whatever picture of it was stored.
+        from classifier.ml.ink import from_lists
+        from classifier.ml.rasterizer import rasterize
+
+        rows_with_ink = list(inks)
+        images[rows_with_ink] = rasterize([from_lists(inks[i]) for i in rows_with_ink])
+    return AcceptedCorrections(ids, hashes, images, np.asarray(labels, dtype=np.int64))
+
+
+def ink_svg(ink: Sequence[Sequence[Sequence[float]]], size: int = 280) -> str:
+    """The strokes of a correction sent as ink as an SVG of polylines, `size` pixels on its
+    longest side (white on black, as drawn), for the admin. The numbers were checked finite by
+    the protocol; they are written as numbers, so nothing of the client's reaches the markup."""
+    points = [(float(p[0]), float(p[1])) for stroke in ink for p in stroke]
+    if not points:
+        return ""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    width, height = max(xs) - min(xs), max(ys) - min(ys)
+    pad = 0.1 * max(width, height, 1.0)
+    view = (min(xs) - pad, min(ys) - pad, width + 2 * pad, height + 2 * pad)
+    scale = size / max(view[2], view[3])
+    pen = 0.06 * max(view[2], view[3])
+    lines = "".join(
+        '<polyline fill="none" stroke="#fff" stroke-linecap="round" stroke-linejoin="round" '
+        f'stroke-width="{pen:.2f}" points="'
+        + " ".join(f"{float(p[0]):.1f},{float(p[1]):.1f}" for p in stroke)
+        + '"/>'
+        for stroke in ink
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{view[2] * scale:.0f}" '
+        f'height="{view[3] * scale:.0f}" viewBox="{view[0]:.1f} {view[1]:.1f} {view[2]:.1f} '
+        f'{view[3]:.1f}" style="background:#000" role="img" aria-label="the strokes as sent">'
+        f"{lines}</svg>"
+    )

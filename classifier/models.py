@@ -37,6 +37,10 @@ class Correction(models.Model):
     # The image as the client sent it (decoded from its data URL), within the service's limits.
     image = models.BinaryField(max_length=MAX_IMAGE_BYTES)
     media_type = models.CharField(max_length=32)
+    # The strokes as the client sent them (classifier.ml.ink: strokes of [x, y] or [x, y, t]),
+    # when it sent ink rather than an image; then `image` is empty. Retraining rasterizes them
+    # afresh, so a correction keeps what the person drew, not only one picture of it.
+    ink = models.JSONField(null=True, blank=True, help_text="the strokes, when sent as ink")
     # What the model saw: the 28x28 uint8 image (white ink on black), row by row. Training and
     # export use it; its hash makes the same drawing sent many times count once.
     image28 = models.BinaryField(max_length=IMAGE28_BYTES)

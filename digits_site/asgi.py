@@ -13,6 +13,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 from django.core.exceptions import ImproperlyConfigured  # noqa: E402
 
+from classifier.serving import http  # noqa: E402
 from classifier.serving.routing import websocket_urlpatterns  # noqa: E402
 
 # A random per-process key would sign nothing that survives a restart or a second web process;
@@ -24,7 +25,8 @@ if not settings.DEBUG and not settings.SECRET_KEY_FROM_ENV:
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # /api/v1/ (the HTTP API) before Django: it refuses a body too large before reading it.
+        "http": http.mount(django_asgi_app),
         # Browsers send an Origin header; only pages served from ALLOWED_HOSTS may connect.
         "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
     }

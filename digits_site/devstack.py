@@ -49,8 +49,9 @@ def worker_argv(nodename: str | None = None) -> list[str]:
 def web_argv(host: str, port: int) -> list[str]:
     """The ASGI server (uvicorn on uvloop, httptools and websockets' sans-I/O protocol): HTTP and
     the websocket, with the message-size limit. Behind a reverse proxy (DIGITS_BEHIND_PROXY) the
-    client address comes from X-Forwarded-For, from any peer (the proxy is the only one); else
-    the headers are ignored, even from 127.0.0.1, which uvicorn would trust by default.
+    client address comes from X-Forwarded-For, and the scheme from X-Forwarded-Proto, when the
+    peer is in DIGITS_TRUSTED_PROXIES (the proxy's networks) and never from anyone else; without
+    a proxy the headers are ignored, even from 127.0.0.1, which uvicorn would trust by default.
 
     Why uvicorn and not daphne: the same requests cost the web process about a quarter less CPU
     (benchmarks/load.py; docs/performance.md). Compression is off: the frames are mostly base64
@@ -58,7 +59,7 @@ def web_argv(host: str, port: int) -> list[str]:
     """
     limit = str(settings.DIGITS_WS_MAX_MESSAGE_BYTES)
     proxy = (
-        ["--proxy-headers", "--forwarded-allow-ips", "*"]
+        ["--proxy-headers", "--forwarded-allow-ips", ",".join(settings.DIGITS_TRUSTED_PROXIES)]
         if settings.DIGITS_BEHIND_PROXY
         else ["--no-proxy-headers"]
     )

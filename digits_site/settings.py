@@ -14,6 +14,9 @@ from pathlib import Path
 
 import dj_database_url
 import redis.exceptions
+from django.core.exceptions import ImproperlyConfigured
+
+from classifier.ml.input import MAX_INK_POINTS, MAX_INK_STROKES
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -235,11 +238,32 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Set by a deployment whose processes run apart (compose.yaml, deploy/kubernetes): its web servers,
+# workers and commands share one database. SQLite is a file of one machine (one pod) of its own,
+# where a worker's corrections would be invisible to the admin and to `retrain`, so on it every
+# process refuses to start, saying why, rather than each keeping corrections of its own.
+DIGITS_SHARED_DATABASE = env_bool("DIGITS_SHARED_DATABASE", False)
+if DIGITS_SHARED_DATABASE and DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    raise ImproperlyConfigured(
+        "DIGITS_SHARED_DATABASE is set, so the web servers and workers must share one database, "
+        f"but the database is SQLite ({DATABASES['default']['NAME']}; DATABASE_URL is "
+        f"{'sqlite' if os.environ.get('DATABASE_URL') else 'unset'}): every process would keep "
+        "corrections in a file of its own, invisible to the admin and to `retrain`. Set "
+        "DATABASE_URL to the PostgreSQL they share (docs/operations.md, Kubernetes)."
+    )
+
 # Salt of the hash of a client's address stored with each correction (the address never is):
 # it tells corrections from one client apart without saying who. The default, the SECRET_KEY,
 # is random per process unless DIGITS_SECRET_KEY is set, so a real deployment sets this (or the
 # key) for the hashes of one client to stay the same across restarts and web processes.
 DIGITS_FEEDBACK_SALT = env_str("DIGITS_FEEDBACK_SALT", "") or SECRET_KEY
+# How long corrections are kept: `manage.py feedback purge` deletes those older than this many
+# days unless told otherwise (run it daily, e.g. from cron or a Kubernetes CronJob); 0: no
+# default, purge needs --older-than. docs/feedback.md.
+DIGITS_FEEDBACK_RETENTION_DAYS = env_int("DIGITS_FEEDBACK_RETENTION_DAYS", 180)
+# New corrections one client (one salted address hash) may store in an hour; more are refused
+# with `feedback_limit`, so one client cannot fill the table. 0: no cap.
+DIGITS_FEEDBACK_PER_HOUR = env_int("DIGITS_FEEDBACK_PER_HOUR", 100)
 
 # "auto" takes CUDA when present, else the CPU.
 DIGITS_DEVICE = env_str("DIGITS_DEVICE", "auto")
@@ -290,6 +314,11 @@ DIGITS_WS_MAX_MESSAGE_BYTES = env_int("DIGITS_WS_MAX_MESSAGE_BYTES", 8 * 1024 * 
 # Read by daphne's `runserver` (https://github.com/django/daphne#runserver).
 DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = DIGITS_WS_MAX_MESSAGE_BYTES
 
+# The most strokes, and points in all, that a request's ink may have (classifier.ml.input holds the
+# defaults and why); more is refused with `too_large` before anything is queued.
+DIGITS_MAX_INK_STROKES = env_int("DIGITS_MAX_INK_STROKES", MAX_INK_STROKES)
+DIGITS_MAX_INK_POINTS = env_int("DIGITS_MAX_INK_POINTS", MAX_INK_POINTS)
+
 # --- Robustness: abuse limits, worker presence, redelivery ----------------------------------------
 
 # Per websocket connection: requests in flight at once, and a token bucket of DIGITS_RATE_LIMIT
@@ -303,6 +332,15 @@ DIGITS_RATE_BURST = env_int("DIGITS_RATE_BURST", 40)
 # `too_many_connections` error and closed with code 4429. Behind a reverse proxy, set
 # DIGITS_BEHIND_PROXY so the address is the client's, not the proxy's.
 DIGITS_MAX_CONNECTIONS_PER_CLIENT = env_int("DIGITS_MAX_CONNECTIONS_PER_CLIENT", 32)
+
+# The HTTP API (/api/v1/, classifier.serving.http) applies DIGITS_RATE_LIMIT, DIGITS_RATE_BURST
+# and DIGITS_MAX_IN_FLIGHT per client address (it has no connection to count them on): over
+# them a request gets 429 with Retry-After. With keys set (comma-separated), POST /api/v1/predict
+# wants `Authorization: Bearer <one of them>` (401 without one, 403 with another); unset, it is
+# open like the page. Browser pages of the listed origins (`*`: any) may call it (CORS); by
+# default none but the site's own.
+DIGITS_API_KEYS = env_list("DIGITS_API_KEYS", [])
+DIGITS_API_CORS_ORIGINS = env_list("DIGITS_API_CORS_ORIGINS", [])
 
 # Every worker refreshes a presence key in Redis this often (seconds); the key lives three times
 # as long, so a worker killed without a word is forgotten within DIGITS_HEARTBEAT_TTL. The web
@@ -362,13 +400,31 @@ for _network in DIGITS_METRICS_ALLOWED:
 
 # --- Production: HTTPS behind a reverse proxy ---------------------------------------------------
 
-# A reverse proxy (nginx, a load balancer) in front sets X-Forwarded-For and X-Forwarded-Proto:
-# uvicorn then takes the client address from it (`--proxy-headers`, so the per-address limit
-# counts clients, not the proxy) and Django the scheme. Never set it without such a proxy: any
-# client could claim any address.
+# A reverse proxy (nginx, a load balancer, an ingress controller) in front sets X-Forwarded-For
+# and X-Forwarded-Proto. With DIGITS_BEHIND_PROXY uvicorn reads them (`--proxy-headers`), but
+# only from a peer in DIGITS_TRUSTED_PROXIES, the proxy's networks (`--forwarded-allow-ips`): the
+# client address is then the right-most X-Forwarded-For entry outside them (so the per-address
+# limits and the metrics allow-list judge clients, not the proxy), and the scheme
+# X-Forwarded-Proto's (Django reads it from uvicorn; no SECURE_PROXY_SSL_HEADER, which would trust
+# anyone's). Anyone else's headers are ignored, so a client that reaches the web directly cannot
+# claim an address. DIGITS_BEHIND_PROXY without DIGITS_TRUSTED_PROXIES, or a value that is not a
+# network, refuses to start.
 DIGITS_BEHIND_PROXY = env_bool("DIGITS_BEHIND_PROXY", False)
-if DIGITS_BEHIND_PROXY:
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+DIGITS_TRUSTED_PROXIES = []
+for _network in env_list("DIGITS_TRUSTED_PROXIES", []):
+    try:
+        # Normalised (host bits cleared): uvicorn takes only exact networks.
+        DIGITS_TRUSTED_PROXIES.append(str(ipaddress.ip_network(_network, strict=False)))
+    except ValueError as _exc:
+        raise ImproperlyConfigured(
+            f"DIGITS_TRUSTED_PROXIES: {_network!r} is not a network: {_exc}"
+        ) from None
+if DIGITS_BEHIND_PROXY and not DIGITS_TRUSTED_PROXIES:
+    raise ImproperlyConfigured(
+        "DIGITS_BEHIND_PROXY is set but DIGITS_TRUSTED_PROXIES is not: set it to the networks "
+        "the reverse proxy connects from (CIDRs, e.g. 10.0.0.0/8), or X-Forwarded-For would be "
+        "trusted from every client, which could then claim any address."
+    )
 # The public site is served over HTTPS (by the proxy): redirect plain HTTP, send HSTS.
 DIGITS_HTTPS = env_bool("DIGITS_HTTPS", False)
 SECURE_SSL_REDIRECT = DIGITS_HTTPS

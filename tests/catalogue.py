@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image
 
 from classifier.ml.canvas import render_template_png
-from classifier.ml.input import MAX_IMAGE_BYTES, MAX_IMAGE_SIDE
+from classifier.ml.input import MAX_IMAGE_BYTES, MAX_IMAGE_SIDE, MAX_INK_POINTS, MAX_INK_STROKES
 from classifier.serving import protocol
 from tests.helpers import data_url
 
@@ -45,6 +45,9 @@ FRAME_CODES = frozenset(
         protocol.BAD_BASE64,
         protocol.IMAGE_TOO_LARGE,
         protocol.INVALID_IMAGE,
+        protocol.BAD_INK,
+        protocol.TOO_LARGE,
+        protocol.EMPTY,
     }
 )
 # Codes an image the worker cannot read is answered with (`protocol.image_error_code`).
@@ -269,6 +272,17 @@ def feedback(request_id: Any = "r", image: Any = None, **fields: Any) -> str:
     return predict(request_id, image, type=protocol.FEEDBACK, **fields)
 
 
+def good_ink() -> list[list[list[float]]]:
+    """Ink the service would answer with a prediction: a 7 in two strokes, with times."""
+    return [[[40, 30, 0], [160, 30, 90], [90, 230, 260]], [[60, 130, 700], [140, 130, 800]]]
+
+
+def ink_predict(request_id: Any = "r", ink: Any = None, **fields: Any) -> str:
+    """A predict frame carrying ink; a field given as None is left out."""
+    body = {"type": protocol.PREDICT, "id": request_id, "ink": ink, **fields}
+    return json.dumps({k: v for k, v in body.items() if v is not None})
+
+
 def _frame(name: str, build: Callable[[], str | bytes], code: str, request_id: str | None):
     return BadFrame(name, cached(build), code, request_id)
 
@@ -428,6 +442,69 @@ BAD_FRAMES: list[BadFrame] = [
         lambda: feedback("f6", "data:image/gif;base64,R0lGODlhAQABAAAAACw=", digit=3),
         protocol.UNSUPPORTED_TYPE,
         "f6",
+    ),
+    # Ink, checked before queueing: the worker never sees any of it.
+    _frame("ink-not-list", lambda: ink_predict("k1", "strokes"), protocol.BAD_INK, "k1"),
+    _frame("ink-object", lambda: ink_predict("k2", {"x": [1]}), protocol.BAD_INK, "k2"),
+    _frame("ink-stroke-number", lambda: ink_predict("k3", [5]), protocol.BAD_INK, "k3"),
+    _frame("ink-point-number", lambda: ink_predict("k4", [[5, 6]]), protocol.BAD_INK, "k4"),
+    _frame("ink-point-short", lambda: ink_predict("k5", [[[5]]]), protocol.BAD_INK, "k5"),
+    _frame("ink-point-long", lambda: ink_predict("k6", [[[1, 2, 3, 4]]]), protocol.BAD_INK, "k6"),
+    _frame("ink-point-object", lambda: ink_predict("k6o", [[{"x": 1}]]), protocol.BAD_INK, "k6o"),
+    _frame("ink-string-xy", lambda: ink_predict("k7", [[["1", 2]]]), protocol.BAD_INK, "k7"),
+    _frame("ink-bool-xy", lambda: ink_predict("k8", [[[True, 2]]]), protocol.BAD_INK, "k8"),
+    _frame("ink-null-t", lambda: ink_predict("k8n", [[[1, 2, None]]]), protocol.BAD_INK, "k8n"),
+    # Python's json reads NaN and Infinity; no drawing has them.
+    _frame(
+        "ink-nan",
+        lambda: ink_predict("k9", [[[1, 2]]]).replace("[1, 2]", "[NaN, 2]"),
+        protocol.BAD_INK,
+        "k9",
+    ),
+    _frame(
+        "ink-infinity",
+        lambda: ink_predict("k10", [[[1, 2, 3]]]).replace("3]", "Infinity]"),
+        protocol.BAD_INK,
+        "k10",
+    ),
+    _frame("ink-huge-xy", lambda: ink_predict("k11", [[[1e300, 2]]]), protocol.BAD_INK, "k11"),
+    _frame(
+        "ink-and-image",
+        lambda: ink_predict("k12", good_ink(), image=good_image()),
+        protocol.BAD_FRAME,
+        "k12",
+    ),
+    _frame("ink-no-strokes", lambda: ink_predict("k13", []), protocol.EMPTY, "k13"),
+    _frame("ink-empty-strokes", lambda: ink_predict("k14", [[], []]), protocol.EMPTY, "k14"),
+    _frame(
+        "ink-too-many-strokes",
+        lambda: ink_predict("k15", [[[1, 1]]] * (MAX_INK_STROKES + 1)),
+        protocol.TOO_LARGE,
+        "k15",
+    ),
+    _frame(
+        "ink-too-many-points",
+        lambda: ink_predict("k16", [[[i % 50, i % 70] for i in range(MAX_INK_POINTS + 1)]]),
+        protocol.TOO_LARGE,
+        "k16",
+    ),
+    _frame(
+        "ink-expect-words",
+        lambda: ink_predict("k17", good_ink(), expect="words"),
+        protocol.BAD_FRAME,
+        "k17",
+    ),
+    _frame(
+        "ink-feedback-no-digit",
+        lambda: ink_predict("k18", good_ink(), type=protocol.FEEDBACK),
+        protocol.BAD_LABEL,
+        "k18",
+    ),
+    _frame(
+        "ink-feedback-bad-ink",
+        lambda: ink_predict("k19", [[[1, "2"]]], type=protocol.FEEDBACK, digit=7),
+        protocol.BAD_INK,
+        "k19",
     ),
     # The frame.
     _frame("binary-frame", lambda: PNG_SIGNATURE + b"\0" * 100, protocol.BINARY_FRAME, None),

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from classifier.ml.ink import Ink, bounds, page_curve, transformed
+
 CANVAS_SIZE = 384  # the page's canvas, in pixels
 SUPERSAMPLE = 2  # drawn this many times larger, then shrunk: antialiased edges like a browser's
 STYLES = ("page", "inverted", "colour", "transparent")
@@ -221,6 +223,77 @@ def render_canvas_png(
     """PNG bytes of `render_canvas`: what the page would send for this digit."""
     rng = rng if rng is not None else np.random.default_rng(0)
     return to_png(render_canvas(image28, rng, style=style, placement=placement, size=size))
+
+
+# --- Ink as the page draws it ------------------------------------------------------------------
+
+# The page's pad as it exports a drawing, this many pixels high whatever the screen (EXPORT_SIZE
+# in frontend/static/frontend/app.js; a number's is twice as wide): the grid of the ink it sends,
+# and the size of the PNG it sent before ink (and that `DrawingPad.toDataURL` still renders).
+PAGE_EXPORT_SIZE = 192
+# The page's brush as a share of its canvas's height (BRUSH in frontend/static/frontend/drawing.js).
+PAGE_BRUSH = PAGE_BRUSH_PX / CANVAS_SIZE
+# How much of the pad a drawing spans (its box's longest side over the pad's height): fixed
+# without a random generator, drawn from the range with one.
+PAGE_INK_SHARE = 0.6
+PAGE_INK_SHARES = (0.35, 0.85)
+
+
+def page_ink(
+    ink: Ink,
+    width: int = PAGE_EXPORT_SIZE,
+    height: int = PAGE_EXPORT_SIZE,
+    rng: np.random.Generator | None = None,
+    share: float | None = None,
+) -> Ink:
+    """The ink scaled and moved onto a `width` x `height` pad as a person draws there: its box
+    spanning `share` of the pad (a random share of `PAGE_INK_SHARES` with `rng`, else
+    `PAGE_INK_SHARE`), centred, or at a random place that keeps the brush on the pad."""
+    if share is None:
+        share = float(rng.uniform(*PAGE_INK_SHARES)) if rng is not None else PAGE_INK_SHARE
+    x0, y0, x1, y1 = bounds(ink)
+    brush = PAGE_BRUSH * height
+    room_w, room_h = max(width - 2 * brush, 1.0), max(height - 2 * brush, 1.0)
+    scale = min(share * height / max(x1 - x0, y1 - y0, 1e-6), room_w / max(x1 - x0, 1e-6))
+    scale = min(scale, room_h / max(y1 - y0, 1e-6))
+    span_w, span_h = (x1 - x0) * scale, (y1 - y0) * scale
+    if rng is None:
+        left, top = (width - span_w) / 2, (height - span_h) / 2
+    else:
+        left = float(rng.uniform(brush, max(brush, width - brush - span_w)))
+        top = float(rng.uniform(brush, max(brush, height - brush - span_h)))
+    matrix = np.eye(2, dtype=np.float32) * scale
+    return transformed(ink, matrix, (left - x0 * scale, top - y0 * scale))
+
+
+def draw_page(
+    ink: Ink, width: int = PAGE_EXPORT_SIZE, height: int = PAGE_EXPORT_SIZE
+) -> Image.Image:
+    """Ink already in the pad's pixels drawn as the page draws it (drawing.js `renderStrokes`):
+    white on black, a round brush of `PAGE_BRUSH` of the height, quadratic curves through the
+    midpoints between points, a tap a dot as wide as the brush. RGB, `width` x `height`."""
+    segments = []
+    for stroke in ink:
+        if len(stroke) == 0:
+            continue
+        path = page_curve(stroke[:, :2], pieces=8)
+        following = np.concatenate([path[1:], path[-1:]]) if len(path) > 1 else path
+        segments.append(np.stack([path, following], axis=1))
+    side = max(width, height)
+    mask = draw_mask(np.concatenate(segments), size=side, brush=PAGE_BRUSH * height)
+    return compose(mask.crop((0, 0, width, height)), "page")
+
+
+def render_page_png(
+    ink: Ink,
+    width: int = PAGE_EXPORT_SIZE,
+    height: int = PAGE_EXPORT_SIZE,
+    rng: np.random.Generator | None = None,
+    share: float | None = None,
+) -> bytes:
+    """PNG bytes of the ink as the page would send it (`page_ink`, then `draw_page`): the same
+    drawing as the ink, for benchmarks that send it both ways."""
+    return to_png(draw_page(page_ink(ink, width, height, rng, share), width, height))
 
 
 def render_bitmap_png(image28: np.ndarray, size: int = 28, invert: bool = True) -> bytes:

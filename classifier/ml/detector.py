@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,7 @@ from classifier.ml.outliers import (
     make_outliers,
     parse_held_out,
 )
+from classifier.ml.realdata import pen_split, render_copies, training_nondigits
 
 FEATURE_BATCH = 1000
 # Drawn on a half-size canvas, as outlier exposure's pools: preprocessing scales every drawing to
@@ -80,6 +82,18 @@ class DetectorConfig:
         "weight of the drawn digits against the MNIST digits, within the digits' half of the loss",
     )
     hold_out: str = _option("", HOLD_OUT_HELP)
+    real: bool = _option(
+        False,
+        "learn from real drawings under --data-dir too (classifier.ml.realdata): the training "
+        "writers' pen digits and styles as digits, the training words and symbols of Quick, "
+        "Draw! and the symbols, look-alikes apart, as non-digits, each as drawn and in `copies` "
+        "versions augmented as ink; the threshold then also keeps the validation writers' digits",
+    )
+    real_weight: float = _option(
+        1.0,
+        "weight of the real drawings within each half of the loss, against 1 for MNIST digits "
+        "and for generated non-digits",
+    )
     # The shipped head learns every letter: people draw the letters of scripts they know. A
     # measuring run learns two thirds, so that evaluation's third is letters never seen.
     every_letter: bool = _option(
@@ -100,8 +114,8 @@ class DetectorConfig:
             raise ValueError("copies and channels must not be negative.")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("lr must be positive and weight_decay not negative.")
-        if self.drawn_weight < 0:
-            raise ValueError("drawn_weight must not be negative.")
+        if self.drawn_weight < 0 or self.real_weight < 0:
+            raise ValueError("drawn_weight and real_weight must not be negative.")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be at least 1.")
         parse_held_out(self.hold_out)
@@ -121,10 +135,14 @@ class Pools:
     mnist: np.ndarray
     drawn: np.ndarray
     outliers: np.ndarray
+    # Real drawings (`DetectorConfig.real`), each as drawn and in augmented copies already.
+    real_digits: np.ndarray = field(default_factory=lambda: np.zeros((0, 28, 28), np.uint8))
+    real_outliers: np.ndarray = field(default_factory=lambda: np.zeros((0, 28, 28), np.uint8))
 
 
-def make_pools(config: DetectorConfig, train: Split) -> Pools:
-    """MNIST training digits, some redrawn on the canvas, and generated non-digits ("train")."""
+def make_pools(config: DetectorConfig, train: Split, data_dir: Path | None = None) -> Pools:
+    """MNIST training digits, some redrawn on the canvas, and generated non-digits ("train");
+    with `config.real`, the real drawings of the training side under `data_dir` too."""
     images = train.images.cpu().numpy()
     labels = train.labels.cpu().numpy()
     count = min(config.drawn_pool, len(images))
@@ -140,7 +158,17 @@ def make_pools(config: DetectorConfig, train: Split) -> Pools:
         size=POOL_CANVAS_SIZE,
         every_letter=config.every_letter,
     )
-    return Pools(images[: config.mnist_digits], drawn, outliers)
+    pools = Pools(images[: config.mnist_digits], drawn, outliers)
+    if not config.real:
+        return pools
+    if data_dir is None:
+        raise ValueError("a detector that learns from real drawings needs their data folder")
+    split = pen_split(data_dir, config.seed)
+    real_digits = render_copies(
+        split.train.inks + split.train_styles.inks, config.copies, config.seed
+    )
+    real_outliers = render_copies(training_nondigits(data_dir), config.copies, config.seed + 1)
+    return replace(pools, real_digits=real_digits, real_outliers=real_outliers)
 
 
 def with_detector(
@@ -226,6 +254,8 @@ def _train(
             "mnist": len(pools.mnist),
             "drawn": len(pools.drawn),
             "outliers": len(pools.outliers),
+            "real_digits": len(pools.real_digits),
+            "real_outliers": len(pools.real_outliers),
             "feature_rows": len(x),
         },
     )
@@ -238,25 +268,33 @@ def training_rows(
     (N, 28, 28) the detector learns."""
     generator = torch.Generator().manual_seed(config.seed)
     labels = None if mnist_labels is None else mnist_labels[: len(pools.mnist)].cpu()
-    read = [
-        features_of(model, pools.mnist, config.copies, generator, labels),
-        features_of(model, pools.drawn, config.copies, generator),
-        features_of(model, pools.outliers, config.copies, generator),
+    # Each group: its images, pixel copies, labels, whether digits, its weight within its half.
+    # The real drawings come augmented (as ink) already: no pixel copies of them.
+    sources = [
+        (pools.mnist, config.copies, labels, True, 1.0),
+        (pools.drawn, config.copies, None, True, config.drawn_weight),
+        (pools.real_digits, 0, None, True, config.real_weight),
+        (pools.outliers, config.copies, None, False, 1.0),
+        (pools.real_outliers, 0, None, False, config.real_weight),
     ]
-    groups = [features for features, _ in read]
-    x = torch.cat(groups)
-    y = torch.cat([torch.ones(len(groups[0]) + len(groups[1])), torch.zeros(len(groups[2]))])
-    # Digits and non-digits weigh half each; within the digits, the drawn ones weigh
-    # drawn_weight / (1 + drawn_weight).
-    share = config.drawn_weight / (1.0 + config.drawn_weight)
+    groups = [
+        (features_of(model, images, copies, generator, known), digit, weight)
+        for images, copies, known, digit, weight in sources
+        if len(images)
+    ]
+    x = torch.cat([features for (features, _), _, _ in groups])
+    y = torch.cat([torch.full((len(f),), float(digit)) for (f, _), digit, _ in groups])
+    # Digits and non-digits weigh half each; within each half, a group weighs its share.
+    halves = {
+        digit: sum(weight for _, d, weight in groups if d == digit) for digit in (False, True)
+    }
     w = torch.cat(
         [
-            torch.full((len(groups[0]),), 0.5 * (1 - share) / max(len(groups[0]), 1)),
-            torch.full((len(groups[1]),), 0.5 * share / max(len(groups[1]), 1)),
-            torch.full((len(groups[2]),), 0.5 / max(len(groups[2]), 1)),
+            torch.full((len(f),), 0.5 * weight / max(halves[digit], 1e-9) / max(len(f), 1))
+            for (f, _), digit, weight in groups
         ]
     ) * len(x)
-    return x, y, w, torch.cat([images for _, images in read])
+    return x, y, w, torch.cat([images for (_, images), _, _ in groups])
 
 
 def fit_head(

@@ -23,6 +23,17 @@ MAX_IMAGE_BYTES = 5 * 1024 * 1024
 MAX_IMAGE_PIXELS = 16_000_000
 MAX_IMAGE_SIDE = 8192
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+# --- Limits on ink (strokes of points): checked before the worker sees it -------------------------
+# Defaults for a 12-digit number written slowly with a fast pen: the page samples a pointer about
+# 60-120 times a second and drops points closer than 0.2% of the pad, so a digit takes 30-200
+# points and one to four strokes; a tablet at 240 Hz writing 12 digits in 20 s stays under the
+# points. DIGITS_MAX_INK_STROKES and DIGITS_MAX_INK_POINTS override them (digits_site.settings).
+MAX_INK_STROKES = 100
+MAX_INK_POINTS = 8_000
+# Coordinates and times beyond this magnitude are refused: no drawing area is that large, and
+# float32 arithmetic on them would lose the drawing.
+MAX_INK_COORDINATE = 1e6
+
 # The most digits a number (a predict with "expect": "number") may have: a phone number with its
 # country code, or an IBAN's check digits, fit; a page of scribbles does not.
 MAX_NUMBER_DIGITS = 12

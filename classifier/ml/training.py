@@ -44,6 +44,7 @@ from classifier.ml.outliers import (
     make_outliers,
     parse_held_out,
 )
+from classifier.ml.realdata import InkAugment, PenSplit, RealStream
 from classifier.ml.rejection import DEFAULT_SCORE, LOGIT_SCORES
 from classifier.ml.weights import config_from_metadata, load_weights
 
@@ -143,6 +144,13 @@ class TrainConfig:
         "its logit is then the score; 0: no head",
     )
     hold_out: str = _option("", HOLD_OUT_HELP)
+    real_per_batch: int = _option(
+        0,
+        "real digits added to each batch: pen digits of the training writers and styles made "
+        "from them, augmented as ink and rasterized afresh (classifier.ml.realdata; needs "
+        "pendigits/ under --data-dir); 0: MNIST only",
+    )
+    styles_share: float = _option(0.25, "share of the real digits that are styles")
     score: str = _option(
         DEFAULT_SCORE,
         "score of the logits that tells digits from non-digits; its threshold is chosen on the "
@@ -160,7 +168,11 @@ class TrainConfig:
         if self.detector_weight and not (self.outliers_per_batch and self.outlier_pool):
             raise ValueError("detector_weight needs outliers (outliers_per_batch, outlier_pool).")
         parse_held_out(self.hold_out)
-        for name in ("outliers_per_batch", "outlier_pool", "drawn_per_batch", "drawn_pool"):
+        if not 0.0 <= self.styles_share <= 1.0:
+            raise ValueError("styles_share must be in [0, 1].")
+        for name in (
+            "outliers_per_batch", "outlier_pool", "drawn_per_batch", "drawn_pool", "real_per_batch"
+        ):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative.")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -182,6 +194,7 @@ class TrainConfig:
                 "final_div_factor": ONE_CYCLE_FINAL_DIV,
             },
             "augmentation": asdict(AugmentConfig()) if self.augment else None,
+            "ink_augmentation": asdict(InkAugment()) if self.real_per_batch else None,
         }
 
 
@@ -207,6 +220,7 @@ class EpochStats:
     lr: float
     seconds: float
     images_per_s: float
+    real_val_accuracy: float | None = None  # the validation writers' pen digits
 
 
 @dataclass
@@ -272,13 +286,18 @@ def train(
     data: MnistData,
     progress: bool = True,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    real: PenSplit | None = None,
 ) -> TrainResult:
-    """Fit a fresh network on `data.train`, keep the epoch that scores best on validation."""
+    """Fit a fresh network on `data.train`, keep the epoch that scores best on validation.
+    With `config.real_per_batch`, `real` (`realdata.pen_split`) adds real digits to each batch
+    and its validation writers to validation (the epoch's score: the mean of both)."""
+    if config.real_per_batch and real is None:
+        raise ValueError("real_per_batch needs the pen digits (realdata.pen_split).")
     device = resolve_device(config.device)
     # Same seed, same weights on the CPU: forbid nondeterministic kernels there (it costs
     # nothing on the CPU). Both settings are process-wide, so they are restored afterwards.
     with _torch_settings(threads=config.threads, deterministic=device.type == "cpu"):
-        return _fit(config, data, device, progress, on_epoch)
+        return _fit(config, data, device, progress, on_epoch, real)
 
 
 @contextlib.contextmanager
@@ -421,8 +440,11 @@ def _fit(
     device: torch.device,
     progress: bool,
     on_epoch: Callable[[EpochStats], None] | None,
+    real: PenSplit | None,
 ) -> TrainResult:
     seed_everything(config.seed)
+    stream = RealStream(real, config.styles_share, config.seed) if config.real_per_batch else None
+    real_validation = Split(*stream.validation()).to(device) if stream else None
     generator = torch.Generator(device=device).manual_seed(config.seed)
 
     train_split = data.train.head(config.limit).to(device)
@@ -479,6 +501,13 @@ def _fit(
             if exposure is not None:
                 images, labels, outliers = exposure.batch(images, labels, config, generator)
             x = augment_batch(images, generator, augment, labels) if config.augment else images
+            if stream is not None:  # augmented as ink already
+                real_images, real_labels = stream.batch(config.real_per_batch)
+                real_images = real_images.to(device)
+                x = torch.cat(
+                    [x, real_images.unsqueeze(1) / 255.0 if config.augment else real_images]
+                )
+                labels = torch.cat([labels, real_labels.to(device)])
             if outliers is not None:
                 extra = augment_batch(outliers, generator, augment) if config.augment else outliers
                 x = torch.cat([x, extra])
@@ -523,6 +552,9 @@ def _fit(
         bar.close()
         train_seconds = time.perf_counter() - epoch_start
         val = evaluate_model(model, validation, device)
+        real_val = (
+            evaluate_model(model, real_validation, device) if real_validation is not None else None
+        )
         stats = EpochStats(
             epoch=epoch,
             train_loss=float(loss_sum) / max(seen, 1),
@@ -532,10 +564,11 @@ def _fit(
             lr=float(schedule.get_last_lr()[0]),
             seconds=train_seconds,
             images_per_s=seen / max(train_seconds, 1e-9),
+            real_val_accuracy=real_val.accuracy if real_val else None,
         )
         result.history.append(stats)
-        # Best validation accuracy; ties go to the lower validation loss.
-        key = (val.accuracy, -val.loss)
+        # Best validation accuracy (MNIST's and the pen writers' mean); ties: lower MNIST loss.
+        key = ((val.accuracy + real_val.accuracy) / 2 if real_val else val.accuracy, -val.loss)
         if best_key is None or key > best_key:
             best_key, result.best_epoch = key, epoch
             best_state = copy.deepcopy(model.state_dict())
@@ -543,11 +576,12 @@ def _fit(
             on_epoch(stats)
         else:
             logger.info(
-                "epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f",
+                "epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f, pen writers %s",
                 epoch,
                 stats.train_loss,
                 stats.val_loss,
                 stats.val_accuracy,
+                stats.real_val_accuracy,
             )
     result.seconds = time.perf_counter() - started
 

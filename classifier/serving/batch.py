@@ -13,6 +13,11 @@ call, so the correction is stored with what the served model says of it; then it
 A predict with `"expect": "number"` is cut into candidate digits (classifier.ml.segmentation)
 while it is preprocessed; its crops join the batch's one model call with every other request's
 images, and the number is read back from their probabilities.
+
+A request may carry ink (strokes) instead of an image. The batch's digits sent as ink are
+drawn by the rasterizer in one call, on the model's device when it is a GPU (all their segments
+in one tensor computation); a number sent as ink is cut into digits by its strokes
+(classifier.ml.ink_segmentation), touching and overlapping digits included.
 """
 
 from __future__ import annotations
@@ -26,10 +31,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
+from classifier.ml import ink as inks
 from classifier.ml.inference import Predictor
+from classifier.ml.ink_segmentation import segment_ink
 from classifier.ml.input import ImageError
 from classifier.ml.preprocessing import decode_image, encode_preview, preprocess
+from classifier.ml.rasterizer import rasterize
 from classifier.ml.segmentation import Segmentation, segment
 from classifier.serving import metrics, protocol
 from classifier.serving.protocol import EXPECT_DIGIT, EXPECT_NUMBER, FEEDBACK, PREDICT
@@ -96,13 +105,86 @@ def prepare_batch(
     return list(pool.map(prepare, payloads, expects))
 
 
+def prepare_ink_number(strokes: list) -> Prepared:
+    """Cut a number sent as ink into candidate digits by its strokes; never raises."""
+    t0 = time.perf_counter()
+    try:
+        segmentation = segment_ink(inks.from_lists(strokes))
+    except Exception as exc:
+        return Prepared(None, (time.perf_counter() - t0) * 1000, exc)
+    return Prepared(None, (time.perf_counter() - t0) * 1000, segmentation=segmentation)
+
+
+def prepare_ink_digits(
+    strokes: Sequence[list], device: torch.device | None = None
+) -> list[Prepared]:
+    """Rasterize every digit of a batch sent as ink in one call (on `device`, a GPU, when
+    given); never raises: when the batch's call fails, each ink is drawn alone, so one bad ink
+    gets its own error."""
+    if not strokes:
+        return []
+    t0 = time.perf_counter()
+    try:
+        images = rasterize([inks.from_lists(s) for s in strokes], device=device)
+    except Exception:
+        return [_prepare_one_ink(s) for s in strokes]
+    ms = (time.perf_counter() - t0) * 1000 / len(strokes)
+    return [Prepared(image, ms) for image in images]
+
+
+def _prepare_one_ink(strokes: list) -> Prepared:
+    t0 = time.perf_counter()
+    try:
+        image = rasterize([inks.from_lists(strokes)])[0]
+    except Exception as exc:
+        return Prepared(None, (time.perf_counter() - t0) * 1000, exc)
+    return Prepared(image, (time.perf_counter() - t0) * 1000)
+
+
+def prepare_items(
+    items: Sequence[Mapping[str, Any]],
+    pool: Executor | None = None,
+    device: torch.device | None = None,
+) -> list[Prepared]:
+    """Every request of a batch made ready for the model, in order: images decoded and
+    preprocessed (`prepare_batch`), digits sent as ink rasterized together, numbers sent as
+    ink cut by their strokes."""
+    images = [i for i, item in enumerate(items) if "ink" not in item]
+    ink_digits = [
+        i for i, item in enumerate(items) if "ink" in item and item.get("expect") != EXPECT_NUMBER
+    ]
+    done = dict(
+        zip(
+            images,
+            prepare_batch(
+                [items[i]["image"] for i in images],
+                pool,
+                [items[i].get("expect", EXPECT_DIGIT) for i in images],
+            ),
+            strict=True,
+        )
+    )
+    done.update(
+        zip(
+            ink_digits,
+            prepare_ink_digits([items[i]["ink"] for i in ink_digits], device),
+            strict=True,
+        )
+    )
+    return [
+        done[i] if i in done else prepare_ink_number(item["ink"]) for i, item in enumerate(items)
+    ]
+
+
 def answer_batch(
     items: Sequence[Mapping[str, Any]],
     predictor: Predictor,
     now: Callable[[], float] = time.time,
     pool: Executor | None = None,
+    ink_device: torch.device | None = None,
 ) -> list[Answer]:
     """Answers for one batch of task kwargs (see `classifier.serving.publish.submit`).
+    `ink_device` is where the batch's ink is rasterized (the worker's GPU; None: the CPU).
 
     Every request is preprocessed on its own, so a bad image gets its own error and never fails
     the batch; the good ones (predictions and feedback alike) go through the model in one call.
@@ -119,9 +201,7 @@ def answer_batch(
         else:
             live.append(item)
     good: list[tuple[Mapping[str, Any], Prepared]] = []
-    prepared_all = prepare_batch(
-        [i["image"] for i in live], pool, [i.get("expect", EXPECT_DIGIT) for i in live]
-    )
+    prepared_all = prepare_items(live, pool, ink_device)
     for item, prepared in zip(live, prepared_all, strict=True):
         metrics.PREPROCESS.observe(prepared.ms / 1000)
         if prepared.error is None:
@@ -215,14 +295,17 @@ def _store(
     """Store one correction with what the model said of its image; its answer either way."""
     # Imported on first use: the Django app's ORM, which only a worker that stores feedback
     # needs (and Django is set up in the worker process).
-    from classifier.corrections import save_correction
+    from django.conf import settings
+
+    from classifier.corrections import FeedbackLimit, save_correction
 
     probs = [float(p) for p in probabilities]
     predicted = max(range(len(probs)), key=probs.__getitem__)
     try:
         _row, created = save_correction(
             image=prepared.raw,
-            media_type=item.get("media_type", "image/png"),
+            media_type="" if "ink" in item else item.get("media_type", "image/png"),
+            ink=item.get("ink"),
             image28=prepared.image,
             label=item["label"],
             predicted=predicted,
@@ -232,6 +315,14 @@ def _store(
             client_predicted=item.get("client_predicted"),
             client_model=item.get("client_model"),
             client_hash=item.get("client_hash", ""),
+            per_hour=settings.DIGITS_FEEDBACK_PER_HOUR,
+        )
+    except FeedbackLimit as exc:
+        return _error(
+            item,
+            protocol.FEEDBACK_LIMIT,
+            f"Thank you: you have sent {exc.limit} corrections this hour, the most one client "
+            "may send; please try again later.",
         )
     except Exception:
         logger.exception("Storing the correction of request %r failed", item["id"])

@@ -37,7 +37,7 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from classifier.serving import metrics, presence, protocol, publish
+from classifier.serving import answers, metrics, presence, protocol, publish
 from classifier.serving.limits import ConnectionCounter, TokenBucket
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,11 @@ class _Pending:
     request_id: str
     received: float  # when the frame arrived (time.perf_counter())
     timer: asyncio.TimerHandle
+
+
+def ink_limits() -> protocol.InkLimits:
+    """The limits on a request's ink, from the settings (DIGITS_MAX_INK_*)."""
+    return protocol.InkLimits(settings.DIGITS_MAX_INK_STROKES, settings.DIGITS_MAX_INK_POINTS)
 
 
 def client_hash(address: str) -> str:
@@ -125,41 +130,24 @@ class PredictConsumer(AsyncWebsocketConsumer):
             return  # refused connection, closing
         refusal: protocol.ProtocolError | None = None
         try:
-            request = protocol.parse_frame(text_data, bytes_data)
+            request = protocol.parse_frame(text_data, bytes_data, ink_limits())
         except protocol.ProtocolError as exc:
             refusal = exc
         request_id = refusal.request_id if refusal else request.id
 
         # Every frame takes a token, a malformed one too: a flood of garbage costs as much.
         if not self._bucket.take():
-            await self._refuse(
-                request_id,
-                protocol.RATE_LIMITED,
-                f"Too many requests: the limit is {settings.DIGITS_RATE_LIMIT:g} a second "
-                f"(bursts of {settings.DIGITS_RATE_BURST}); please slow down.",
-                received,
-            )
+            await self._answer(answers.rate_limited(request_id), received, queued=False)
             return
         if refusal is not None:
             await self._refuse(refusal.request_id, refusal.code, refusal.message, received)
             return
         if len(self._pending) >= settings.DIGITS_MAX_IN_FLIGHT:
-            await self._refuse(
-                request_id,
-                protocol.RATE_LIMITED,
-                f"Too many requests in flight on this connection (the limit is "
-                f"{settings.DIGITS_MAX_IN_FLIGHT}); wait for answers before sending more.",
-                received,
-            )
+            frame = answers.too_many_in_flight(request_id, "on this connection")
+            await self._answer(frame, received, queued=False)
             return
         if not await self.worker_presence().available():
-            await self._refuse(
-                request_id,
-                protocol.UNAVAILABLE,
-                "No model worker is running just now, so nobody can answer; please try again "
-                "shortly.",
-                received,
-            )
+            await self._answer(answers.no_worker(request_id), received, queued=False)
             return
 
         timeout = settings.DIGITS_REQUEST_TIMEOUT
@@ -174,48 +162,27 @@ class PredictConsumer(AsyncWebsocketConsumer):
         except Exception as exc:
             # Redis unreachable, typically: one line per request, not a traceback each.
             logger.warning("Could not queue request %r: %r", request.id, exc)
-            await self._finish(
-                ticket,
-                protocol.error(
-                    request.id,
-                    protocol.UNAVAILABLE,
-                    "The service could not take the request just now; please try again.",
-                ),
-            )
+            await self._finish(ticket, answers.not_queued(request.id))
 
     async def digits_answer(self, event: dict[str, Any]) -> None:
         """A worker's answer (protocol.ANSWER_MESSAGE) for one of this socket's requests."""
         frame = event["frame"]
         pending = self._pending.get(event["ticket"])
-        if pending is not None and "timings_ms" in frame:
-            frame["timings_ms"]["server"] = round(
-                (time.perf_counter() - pending.received) * 1000, 3
-            )
+        if pending is not None:
+            answers.stamp_server_time(frame, pending.received)
         await self._finish(event["ticket"], frame)
 
     async def digits_layer_lost(self, event: dict[str, Any]) -> None:
         """The channel layer lost Redis (classifier.transport.channel_layer.LAYER_LOST): the
         answers to what is in flight cannot arrive, so say so now rather than at the deadline."""
         for ticket, pending in list(self._pending.items()):
-            await self._finish(
-                ticket,
-                protocol.error(
-                    pending.request_id,
-                    protocol.UNAVAILABLE,
-                    "The service lost this request while restarting; please try again.",
-                ),
-            )
+            await self._finish(ticket, answers.lost(pending.request_id))
 
     def _on_deadline(self, ticket: int) -> None:
         pending = self._pending.get(ticket)
         if pending is None:
             return
-        frame = protocol.error(
-            pending.request_id,
-            protocol.TIMEOUT,
-            f"No answer within {settings.DIGITS_REQUEST_TIMEOUT:g} s; please try again.",
-        )
-        task = asyncio.ensure_future(self._finish(ticket, frame))
+        task = asyncio.ensure_future(self._finish(ticket, answers.timed_out(pending.request_id)))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
 

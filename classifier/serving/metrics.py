@@ -81,12 +81,15 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 REQUESTS = Counter(
     "digits_requests",
-    "Answers sent for websocket requests, by outcome: `prediction`, `feedback_saved` or the "
-    "error code.",
+    "Answers sent for requests (websocket and HTTP API), by outcome: `prediction`, "
+    "`feedback_saved` or the error code.",
     ["outcome"],
     registry=WEB_REGISTRY,
 )
 REQUESTS.labels(PREDICTION)  # the series exists (at 0) before the first answer
+# Corrections refused by the per-client cap (DIGITS_FEEDBACK_PER_HOUR): a series from the start,
+# so an alert on its rate needs no first refusal.
+REQUESTS.labels(protocol.FEEDBACK_LIMIT)
 REQUEST_DURATION = Histogram(
     "digits_request_duration_seconds",
     "Seconds from a request frame's arrival to its answer being sent, every outcome.",
@@ -185,6 +188,7 @@ WORKER_ANSWERS = Counter(
     registry=WORKER_REGISTRY,
 )
 WORKER_ANSWERS.labels(PREDICTION)
+WORKER_ANSWERS.labels(protocol.FEEDBACK_LIMIT)
 WORKER_DROPPED = Counter(
     "digits_worker_dropped",
     "Requests dropped unanswered because their deadline had passed (their client was told "

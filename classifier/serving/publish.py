@@ -39,19 +39,24 @@ def task_kwargs(
 
     Every request says where to answer (the consumer's channel and its ticket for it), by when
     (`deadline`, epoch seconds) and its `kind` (`predict` or `feedback`; a message without one
-    is a predict). A predict that reads a number carries `expect` ("number"). A feedback adds
-    the label, what the client says it was told, the data URL's media type (stored with the
-    image) and `client_hash`, the salted hash of the client's address (never the address).
+    is a predict). It carries its drawing as `image` (base64) or as `ink` (the checked strokes;
+    then there is no `image`). A predict that reads a number carries `expect` ("number"). A
+    feedback adds the label, what the client says it was told, the data URL's media type (stored
+    with the image) and `client_hash`, the salted hash of the client's address (never the
+    address).
     """
     kwargs: dict[str, Any] = {
         "reply_channel": reply_channel,
         "ticket": ticket,
         "id": request.id,
         "kind": request.kind,
-        "image": request.image,
         "deadline": deadline,
         "sent_at": sent_at,
     }
+    if request.ink is not None:
+        kwargs["ink"] = request.ink
+    else:
+        kwargs["image"] = request.image
     if isinstance(request, PredictRequest) and request.expect != EXPECT_DIGIT:
         kwargs["expect"] = request.expect  # a missing `expect` is a digit, as before numbers
     if isinstance(request, FeedbackRequest):

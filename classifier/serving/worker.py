@@ -83,7 +83,11 @@ class WorkerState:
         self._rate = metrics.RateMeter()
 
     def serve(self, items: Sequence[Mapping[str, Any]]) -> None:
-        answers = answer_batch(items, self.model.current(), pool=self.pool)
+        predictor = self.model.current()
+        # Ink is drawn on the model's GPU when it has one (the whole batch in one tensor
+        # computation); on a CPU the rasterizer's numpy path is the faster.
+        ink_device = predictor.device if predictor.device.type == "cuda" else None
+        answers = answer_batch(items, predictor, pool=self.pool, ink_device=ink_device)
         unsent = self.sender.send([(a.channel, a.message) for a in answers])
         self.answered += metrics.worker_answered(a.message["frame"] for a in answers)
         if unsent:

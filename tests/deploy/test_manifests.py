@@ -235,3 +235,107 @@ def test_keda_watches_the_inference_queue_in_the_redis_service(
     # One worker more per full batch waiting.
     worker = container(resources[("Deployment", "digits-worker")])
     assert metadata["listLength"] == env_value(worker, "DIGITS_BATCH_SIZE")["value"]
+
+
+# --- The database, migrations, disruptions, Redis's memory ---------------------------------------
+
+
+def app_pods(resources: dict[tuple[str, str], Any]) -> dict[str, dict[str, Any]]:
+    """The pod specs of everything that runs the Digits image: web, workers, the migrate Job."""
+    return {
+        name: resources[(kind, name)]["spec"]["template"]["spec"]
+        for kind, name in (
+            ("Deployment", "digits-web"),
+            ("Deployment", "digits-worker"),
+            ("Job", "digits-migrate"),
+        )
+    }
+
+
+def test_web_workers_and_migrations_share_one_database_from_one_secret(
+    resources: dict[tuple[str, str], Any],
+) -> None:
+    config = resources[("ConfigMap", "digits-config")]["data"]
+    # The setting with which each refuses SQLite (played in test_played.py).
+    assert config["DIGITS_SHARED_DATABASE"] == "1"
+    assert "DATABASE_URL" not in config  # a password inside: a Secret, never the ConfigMap
+    refs = set()
+    for name, pod in app_pods(resources).items():
+        for spec in [*pod.get("initContainers", []), *pod["containers"]]:
+            assert spec["image"] == "digits", f"{name}.{spec['name']}"
+            ref = env_value(spec, "DATABASE_URL")["valueFrom"]["secretKeyRef"]
+            refs.add((ref["name"], ref["key"]))
+    assert refs == {("digits-database", "url")}
+
+
+def test_postgres_keeps_its_data_on_a_volume_behind_its_service(
+    resources: dict[tuple[str, str], Any],
+) -> None:
+    statefulset = resources[("StatefulSet", "postgres")]
+    service = resources[("Service", "postgres")]
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None"  # headless, as a StatefulSet's
+    labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    postgres = container(statefulset)
+    assert port_number(postgres, service["spec"]["ports"][0]["targetPort"]) == 5432
+    [claim] = statefulset["spec"]["volumeClaimTemplates"]
+    [mount] = postgres["volumeMounts"]
+    assert mount["name"] == claim["metadata"]["name"]
+    # The data folder lies inside the volume, so the database survives the pod.
+    pgdata = env_value(postgres, "PGDATA")["value"]
+    assert Path(mount["mountPath"]) in Path(pgdata).parents
+    password = env_value(postgres, "POSTGRES_PASSWORD")["valueFrom"]["secretKeyRef"]
+    assert password["name"] == "digits-database"
+
+
+def test_web_and_workers_wait_for_the_migrate_job(resources: dict[tuple[str, str], Any]) -> None:
+    job = resources[("Job", "digits-migrate")]
+    migrate = container(job)
+    assert migrate["command"][:3] == ["python", "manage.py", "migrate"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+    for name in ("digits-web", "digits-worker"):
+        pod = resources[("Deployment", name)]["spec"]["template"]["spec"]
+        [wait] = pod["initContainers"]
+        # Until nothing is left to apply (played in test_played.py).
+        assert "python manage.py migrate --check" in " ".join(wait["command"])
+        assert wait.get("envFrom") == migrate["envFrom"]
+
+
+@pytest.mark.parametrize("name", ["digits-web", "digits-worker"])
+def test_a_disruption_budget_covers_web_and_workers(
+    resources: dict[tuple[str, str], Any], name: str
+) -> None:
+    budget = resources[("PodDisruptionBudget", name)]
+    labels = resources[("Deployment", name)]["spec"]["template"]["metadata"]["labels"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # One pod at a time, and never a drain blocked (a single worker may still be evicted).
+    assert budget["spec"]["maxUnavailable"] == 1
+
+
+def test_workers_are_probed_on_their_metrics_port(resources: dict[tuple[str, str], Any]) -> None:
+    worker = container(resources[("Deployment", "digits-worker")])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert worker[probe]["tcpSocket"]["port"] == "metrics", probe
+
+
+def memory_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (Mi, Gi) or a Redis one (mb, gb), in bytes."""
+    number, unit = re.fullmatch(r"(\d+)(\w*)", quantity).groups()  # type: ignore[union-attr]
+    scale = {"mi": 2**20, "mb": 2**20, "gi": 2**30, "gb": 2**30, "": 1}[unit.lower()]
+    return int(number) * scale
+
+
+def test_redis_is_capped_below_its_limit_and_never_evicts(
+    resources: dict[tuple[str, str], Any], compose_services: dict[str, Any]
+) -> None:
+    redis = container(resources[("Deployment", "redis")])
+    args = redis["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    cap = memory_bytes(args[args.index("--maxmemory") + 1])
+    limit = memory_bytes(redis["resources"]["limits"]["memory"])
+    # Room for Redis's own overhead and fragmentation under the container's limit.
+    assert cap <= limit * 0.6
+    assert memory_bytes(redis["resources"]["requests"]["memory"]) > cap
+    # Compose's Redis: the same cap and policy.
+    assert compose_services["redis"]["command"][1:] == args[1:]

@@ -136,3 +136,27 @@ def test_the_app_services_keep_corrections_in_the_postgres_service(
         assert parsed["USER"] == db["environment"]["POSTGRES_USER"]
         assert parsed["PASSWORD"] == "pw"
     assert db["environment"]["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD:-digits}"
+
+
+def test_no_command_needs_the_secret_but_serving_web(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    """Compose reads `${NAME:?message}` for the whole file, so one would refuse every command
+    (`run --rm train` too); the web server refuses by itself instead (played without the secret
+    in tests/deploy/test_played.py)."""
+    text = (REPO / "compose.yaml").read_text()
+    assert not re.search(r"\$\{\w+:?\?", text), "a required variable refuses every command"
+    for name in ("web", "worker", "train"):
+        assert services[name]["environment"]["DIGITS_SECRET_KEY"] == "${DIGITS_SECRET_KEY:-}"
+
+
+def test_the_app_services_say_they_share_one_database(services: dict[str, Any]) -> None:
+    for name in ("web", "worker", "train"):
+        assert services[name]["environment"]["DIGITS_SHARED_DATABASE"] == "1"
+
+
+def test_web_and_worker_have_healthchecks(services: dict[str, Any]) -> None:
+    # Played (run as written, answered) in tests/deploy/test_played.py.
+    assert "/healthz" in " ".join(services["web"]["healthcheck"]["test"])
+    worker_port = services["worker"]["environment"]["DIGITS_WORKER_METRICS_PORT"]
+    assert worker_port in " ".join(services["worker"]["healthcheck"]["test"])

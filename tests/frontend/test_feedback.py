@@ -100,10 +100,11 @@ def test_correct_with_a_key_then_right_then_undo(open_page: OpenPage) -> None:
     assert sent["predicted"] == 1
     assert sent["model"] == page.locator("#model-version").text_content()
     assert sent["model"]
-    # The very image whose answer was on screen, under an id no predict request uses.
+    # The very ink whose answer was on screen, under an id no predict request uses.
     predict = last_predict(visit)
-    assert sent["image"] == predict["image"]
-    assert sent["image"].startswith("data:image/png;base64,")
+    assert sent["ink"] == predict["ink"]
+    assert "image" not in sent
+    assert len(sent["ink"]) == 1 and all(len(point) == 3 for point in sent["ink"][0])
     assert sent["id"] not in {m["id"] for m in visit.sent if m.get("type") == "predict"}
 
     # One feedback per drawing: the buttons and the keys are done with it.
@@ -122,7 +123,7 @@ def test_correct_with_a_key_then_right_then_undo(open_page: OpenPage) -> None:
     expect(status(page)).to_have_text(SAVED)
     second = feedback_frames(visit)[-1]
     assert (second["digit"], second["predicted"]) == (7, 7)
-    assert second["image"] == last_predict(visit)["image"] != sent["image"]
+    assert second["ink"] == last_predict(visit)["ink"] != sent["ink"]
     assert second["id"] != sent["id"]
     expect_feedback_enabled(page, False)
 
@@ -131,7 +132,7 @@ def test_correct_with_a_key_then_right_then_undo(open_page: OpenPage) -> None:
     answer_for_drawing(visit, "1")
     it_was(page, 7).click()
     expect(status(page)).to_have_text(ALREADY_SAVED)
-    assert feedback_frames(visit)[-1]["image"] == sent["image"]
+    assert feedback_frames(visit)[-1]["ink"] == sent["ink"]
     expect_feedback_enabled(page, False)
 
     # Reset: nothing to tell about a blank pad.

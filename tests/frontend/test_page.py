@@ -86,10 +86,15 @@ def test_prediction_updates_while_drawing(open_page: OpenPage) -> None:
     wait_for_newest_answer(visit)
     assert request_id(page) > shown_while_drawing
     expect(page.locator("#prediction")).to_have_text("1")
-    # Requests carry increasing ids and PNG data URLs.
+    # Requests carry increasing ids and the drawing as ink: the one stroke so far, its points
+    # [x, y, t] in whole pixels with times that never go back.
     ids = [int(message["id"]) for message in visit.sent]
     assert ids == sorted(set(ids))
-    assert all(m["image"].startswith("data:image/png;base64,") for m in visit.sent)
+    for message in visit.sent:
+        [stroke] = message["ink"]
+        assert all(len(p) == 3 and all(isinstance(v, int) for v in p) for p in stroke)
+        times = [p[2] for p in stroke]
+        assert times == sorted(times) and times[0] == 0
 
 
 def test_live_requests_are_throttled(open_page: OpenPage) -> None:

@@ -30,10 +30,11 @@ def run(*args: str) -> str:
 
 
 def evaluate_shipped(data_dir, *options: str) -> str:
-    """`manage.py evaluate` of the shipped weights on the CPU, with more `options`."""
+    """`manage.py evaluate` of the shipped weights on the CPU, with more `options` (the real sets
+    skipped unless asked for: tests/management/test_evaluate_real.py scores them)."""
     return run(
         "evaluate", "--weights", str(SHIPPED_WEIGHTS), "--data-dir", str(data_dir),
-        "--device", "cpu", *options,
+        "--device", "cpu", "--real-drawings", "0", *options,
     )  # fmt: skip
 
 
@@ -78,7 +79,8 @@ def test_evaluate_says_when_a_head_learned_the_letters_it_is_measured_on(data_di
             tensors, path, {**kept, "detector": {**meta["detector"], "every_letter": every_letter}}
         )
         options = ("--weights", str(path), "--data-dir", str(data_dir), "--device", "cpu",
-                   "--outliers-per-family", "2", "--drawn", "20")  # fmt: skip
+                   "--outliers-per-family", "2", "--drawn", "20",
+                   "--real-drawings", "0")  # fmt: skip
         report = json.loads(run("evaluate", *options, "--json"))["not_a_digit"]
         assert report["eval_letters_unseen"] is not every_letter
         assert ("learned every letter" in run("evaluate", *options)) is every_letter

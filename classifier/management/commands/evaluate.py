@@ -1,5 +1,6 @@
-"""`python manage.py evaluate`: score saved weights on the MNIST test set, without training, and
-how well their "not a digit" rejection sorts held-out digits from held-out non-digits."""
+"""`python manage.py evaluate`: score saved weights on the MNIST test set, without training, how
+well their "not a digit" rejection sorts held-out digits from held-out non-digits, and how they
+read drawings made by people (the real sets of classifier.ml.realsets found under --data-dir)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from classifier.management.options import add_data_dir, add_no_download
 from classifier.ml.data import DataError, load_test_split
 from classifier.ml.devices import DEVICE_CHOICES
 from classifier.ml.inference import Predictor
+from classifier.ml.realsets import mnist_figures, prepare_all, read_sets, summary_lines
+from classifier.ml.realsets import report as real_sets_report
 from classifier.ml.rejection import (
     EVAL_DRAWN_COUNT,
     EVAL_OUTLIERS_PER_FAMILY,
@@ -23,12 +26,17 @@ from classifier.ml.report import format_confusion, per_digit_dict
 from classifier.ml.training import evaluate_model
 from classifier.ml.weights import WeightsError
 
+# Drawings read of each real set by default: enough for every class and writer, about a minute.
+REAL_DRAWINGS = 1000
+
 
 class Command(BaseCommand):
     help = (
         "Score saved weights on the 10,000 MNIST test images; report the share of them, of "
         "canvas-drawn digits and of each family of generated non-digits that the weights' "
-        "threshold rejects, and the score's AUROC and FPR at 95% TPR."
+        "threshold rejects, and the score's AUROC and FPR at 95% TPR; then, for each real set "
+        "under --data-dir (pen digits, styles made from them, doodles, symbols), every class, "
+        "the worst writers and the share turned away, sent as ink and as the page's PNG."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -64,6 +72,14 @@ class Command(BaseCommand):
             f"(default: {EVAL_DRAWN_COUNT})",
         )
         parser.add_argument(
+            "--real-drawings",
+            type=int,
+            default=REAL_DRAWINGS,
+            metavar="N",
+            help=f"drawings of each real set read (chosen at random, seeded); 0 skips the real "
+            f"sets (default: {REAL_DRAWINGS})",
+        )
+        parser.add_argument(
             "--json",
             action="store_true",
             help="print one JSON object instead of text (default: text)",
@@ -91,6 +107,8 @@ class Command(BaseCommand):
             "per_digit": per_digit_dict(result.per_digit),
             "confusion": result.confusion,
             "device": str(predictor.device),
+            # The same test digits scored as the real sets are: with the weights' is_digit.
+            "mnist": mnist_figures(predictor, test.images.numpy(), test.labels.numpy()),
         }
         if options["outliers_per_family"] > 0:
             sets = evaluation_sets(test, options["drawn"], options["outliers_per_family"])
@@ -101,6 +119,9 @@ class Command(BaseCommand):
             detector = predictor.metadata.get("detector") or {}
             report["eval_letters_unseen"] = not detector.get("every_letter", False)
             summary["not_a_digit"] = report
+        if options["real_drawings"] > 0:
+            sets = read_sets(options["data_dir"], limit=options["real_drawings"])
+            summary["real_sets"] = real_sets_report(predictor, prepare_all(sets))
         if options["json"]:
             self.stdout.write(json.dumps(summary))
             return
@@ -116,9 +137,18 @@ class Command(BaseCommand):
             + ", ".join(f"{d}: {100 * a:.2f}%" for d, a in enumerate(result.per_digit))
         )
         self.stdout.write(format_confusion(result.confusion))
+        mnist = summary["mnist"]
+        self.stdout.write(
+            f"Kept and right: {100 * mnist['kept_and_right']:.2f}%, turned away as no digit: "
+            f"{100 * mnist['turned_away']:.2f}%"
+        )
         report = summary.get("not_a_digit")
         if report:
             self._rejection_lines(report)
+        if "real_sets" in summary:
+            self.stdout.write("Drawings by people (kept and right: read right, not turned away):")
+            for line in summary_lines(summary["real_sets"]):
+                self.stdout.write(f"  {line}")
 
     def _rejection_lines(self, report: dict) -> None:
         rejection = report["rejection"]

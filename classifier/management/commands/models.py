@@ -1,8 +1,11 @@
 """`python manage.py models`: list the stored model versions, or serve one again (`use VERSION`).
 
-The store is `<weights dir>/models/` (see `classifier.ml.modelstore`): every model `retrain`
-promoted and each one it replaced. `use` copies the version's file over the served weights
-atomically; running workers switch to it between batches.
+The store is `<weights dir>/models/` (see `classifier.ml.modelstore`): every model `train`
+stored or `retrain` promoted, and each one served before. `use` (a rollback, or serving a model
+`train` stored) keeps the served model in the store, then copies the version's file over the
+served weights atomically; running workers switch to it between batches. It holds the serving
+lock (`classifier.ml.modellock`) while it does, and refuses, naming the lock, while a `retrain`
+or `train --serve` runs.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from classifier.ml import modelstore
+from classifier.ml.modellock import LockHeld, serving_lock
 from classifier.ml.weights import WeightsError, read_metadata
 
 
@@ -36,14 +40,19 @@ class Command(BaseCommand):
             f"(default: DIGITS_WEIGHTS, now {settings.DIGITS_WEIGHTS})",
         )
         actions = parser.add_subparsers(dest="action", metavar="ACTION")
-        use = actions.add_parser("use", help="serve a stored version (written atomically)")
+        use = actions.add_parser(
+            "use", help="serve a stored version (written atomically; the served one is kept)"
+        )
         use.add_argument("version", metavar="VERSION")
 
     def handle(self, *args: Any, **options: Any) -> None:
         weights: Path = options["weights"]
         if options.get("action") == "use":
             try:
-                stored = modelstore.serve(weights, options["version"])
+                with serving_lock(weights, "manage.py models use"):
+                    stored = modelstore.serve(weights, options["version"])
+            except LockHeld as exc:
+                raise CommandError(f"models use: {exc}.") from None
             except (modelstore.UnknownVersion, WeightsError) as exc:
                 raise CommandError(str(exc).strip("'\"")) from exc
             self.stdout.write(self.style.SUCCESS(f"Serving {stored.version} ({weights})"))

@@ -4,6 +4,8 @@ and promote the candidate only when it is measurably better (docs/feedback.md).
 A thin adapter: the corrections come from `classifier.corrections`, the training and the
 promotion rule from `classifier.ml.finetune`, the model store from `classifier.ml.modelstore`.
 Promotion writes the served weights path atomically, so running workers switch to the new model.
+A run holds the serving lock (`classifier.ml.modellock`) from start to end, so a second one
+started meanwhile exits at once naming the lock (a `--dry-run` writes nothing and takes none).
 """
 
 from __future__ import annotations
@@ -17,27 +19,19 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import torch
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
-from classifier import corrections
+from classifier.management.judging import scores, split_corrections
 from classifier.management.options import add_data_dir, config_from_options
 from classifier.ml import modelstore
-from classifier.ml.data import DataError, Split, load_mnist
-from classifier.ml.devices import DEVICE_CHOICES, resolve_device
-from classifier.ml.finetune import (
-    FinetuneConfig,
-    Progress,
-    Scores,
-    finetune,
-    gate,
-    is_held_out,
-)
+from classifier.ml.data import DataError, load_mnist
+from classifier.ml.devices import DEVICE_CHOICES
+from classifier.ml.finetune import FinetuneConfig, Progress, Scores, finetune, gate
 from classifier.ml.model import build_model
+from classifier.ml.modellock import LockHeld, serving_lock
 from classifier.ml.rejection import Rejection, choose_threshold
-from classifier.ml.training import evaluate_model
 from classifier.ml.weights import WeightsError, config_from_metadata, load_weights
 
 # The FinetuneConfig fields `retrain` offers as options (the rest keep their defaults).
@@ -53,10 +47,6 @@ OPTIONS = (
     "blend",
     "threads",
 )
-
-
-def _split(images, labels) -> Split:
-    return Split(torch.from_numpy(images), torch.from_numpy(labels))
 
 
 class Command(BaseCommand):
@@ -97,6 +87,16 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         config = config_from_options(FinetuneConfig, options, OPTIONS)
         weights: Path = options["weights"]
+        if options["dry_run"]:  # writes nothing, so it may run beside anything
+            self._retrain(config, weights, options)
+            return
+        try:
+            with serving_lock(weights, "manage.py retrain"):
+                self._retrain(config, weights, options)
+        except LockHeld as exc:
+            raise CommandError(f"retrain: {exc}.") from None
+
+    def _retrain(self, config: FinetuneConfig, weights: Path, options: dict[str, Any]) -> None:
         try:
             served_state, served_meta = load_weights(weights)
         except WeightsError as exc:
@@ -106,16 +106,13 @@ class Command(BaseCommand):
         except DataError as exc:
             raise CommandError(str(exc)) from exc
 
-        accepted = corrections.accepted_arrays(using=options["database"])
-        held = [is_held_out(h) for h in accepted.image_hashes]
-        train_idx = [i for i, h in enumerate(held) if not h]
-        held_idx = [i for i, h in enumerate(held) if h]
+        split = split_corrections(options["database"])
+        train_idx, held_idx = split.train_idx, split.held_idx
         self.stdout.write(
-            f"{len(accepted)} accepted corrections: {len(train_idx)} to train on, "
+            f"{len(split.accepted)} accepted corrections: {len(train_idx)} to train on, "
             f"{len(held_idx)} held out; served model {served_meta['version']}"
         )
-        held_out = _split(accepted.images[held_idx], accepted.labels[held_idx])
-        extra = _split(accepted.images[train_idx], accepted.labels[train_idx])
+        held_out = split.held_out()
         model_config = config_from_metadata(served_meta)
 
         candidate = None
@@ -127,7 +124,7 @@ class Command(BaseCommand):
         else:
             served_model = build_model(model_config)
             served_model.load_state_dict(served_state)
-            served = self._scores(served_model, data.test, held_out, config.device)
+            served = scores(served_model, data.test, held_out, config.device)
             self.stdout.write(f"served: {self._describe(served)}")
             mnist_count = len(data.train.head(config.limit))
             self.stdout.write(
@@ -136,33 +133,23 @@ class Command(BaseCommand):
             )
             try:
                 result = finetune(
-                    served_state, model_config, data.train, extra, config, self._progress
+                    served_state, model_config, data.train, split.train(), config, self._progress
                 )
             except ValueError as exc:  # e.g. --device cuda without a GPU
                 raise CommandError(str(exc)) from exc
-            candidate = self._scores(result.model, data.test, held_out, config.device)
+            candidate = scores(result.model, data.test, held_out, config.device)
             self.stdout.write(f"candidate: {self._describe(candidate)}")
         decision = gate(candidate, served, len(train_idx), len(held_idx))
 
         model = served_meta["version"]
         candidate_version = None
         if result is not None and candidate is not None:
-            manifest = {
-                "train": {
-                    "ids": [accepted.ids[i] for i in train_idx],
-                    "image_hashes": [accepted.image_hashes[i] for i in train_idx],
-                },
-                "held_out": {
-                    "ids": [accepted.ids[i] for i in held_idx],
-                    "image_hashes": [accepted.image_hashes[i] for i in held_idx],
-                },
-            }
             metadata = {
                 "architecture": served_meta["architecture"],
                 "model_args": model_config.as_dict(),
                 "parent": served_meta["version"],
                 "training": config.hyperparameters(),
-                "corrections": manifest,
+                "corrections": split.manifest(),
                 "test_accuracy": candidate.mnist_test,
                 "held_out_accuracy": candidate.held_out,
                 "parent_scores": {
@@ -179,9 +166,15 @@ class Command(BaseCommand):
             if served_meta.get("rejection") and decision.promote and not options["dry_run"]:
                 metadata["rejection"] = self._rejection(result.model, data, served_meta)
             if decision.promote and not options["dry_run"]:
-                modelstore.keep(weights)  # the model it replaces, to go back to
                 stored = modelstore.add(weights, result.model.state_dict(), metadata)
-                modelstore.serve(weights, stored.version)
+                try:
+                    # Keeps the model it replaces in the store, to go back to.
+                    modelstore.serve(weights, stored.version, expect=served_meta["version"])
+                except modelstore.ServedChanged as exc:
+                    raise CommandError(
+                        f"{exc}; the candidate is stored as {stored.version}, not served "
+                        "(`manage.py models use` serves it)."
+                    ) from None
                 candidate_version = model = stored.version
                 self.stdout.write(self.style.SUCCESS(f"Promoted {model}: {decision.reason}"))
         if not decision.promote:
@@ -209,16 +202,6 @@ class Command(BaseCommand):
                 "corrections": {"train": len(train_idx), "held_out": len(held_idx)},
             }
             self.stdout.write(json.dumps(outcome, sort_keys=True))
-
-    def _scores(self, model, test: Split, held_out: Split, device: str) -> Scores:
-        mnist = evaluate_model(model, test, resolve_device(device)).accuracy
-        held = (
-            evaluate_model(model, held_out, resolve_device(device)).accuracy
-            if len(held_out)
-            else None
-        )
-        model.to("cpu")
-        return Scores(mnist_test=mnist, held_out=held)
 
     def _rejection(self, model, data, served_meta: dict) -> dict:
         """The served model's not-a-digit score, its threshold chosen again for the candidate on

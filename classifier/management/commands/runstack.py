@@ -136,6 +136,13 @@ class Command(BaseCommand):
             signal.signal(signum, lambda *_: stop.set())
 
         if options["only"] != "worker":
+            # The web server would refuse (digits_site/asgi.py) only after the migrations and
+            # with a traceback; say it at once (compose.yaml's web without the secret).
+            if not settings.DEBUG and not settings.SECRET_KEY_FROM_ENV:
+                raise CommandError(
+                    "Set DIGITS_SECRET_KEY to serve the web server with DEBUG off (or "
+                    "DIGITS_DEBUG=1 for development); the other commands need none."
+                )
             self._migrate()
         env = os.environ.copy()
         with ExitStack() as cleanup:

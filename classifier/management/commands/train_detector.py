@@ -25,6 +25,7 @@ from classifier.management.options import (
 from classifier.ml.data import DataError, load_mnist
 from classifier.ml.detector import DetectorConfig, make_pools, train_detector
 from classifier.ml.model import build_model, network_tensors
+from classifier.ml.realdata import NONDIGIT_DATASETS, pen_split, render
 from classifier.ml.rejection import DETECTOR_SCORE, choose_threshold
 from classifier.ml.training import evaluate_model
 from classifier.ml.weights import WeightsError, config_from_metadata, load_weights, save_weights
@@ -73,15 +74,26 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
 
         started = time.perf_counter()
-        pools = make_pools(config, data.train)
+        try:
+            pools = make_pools(config, data.train, options["data_dir"])
+            # The validation writers' digits, as the service draws them: the threshold keeps them.
+            real = pen_split(options["data_dir"]).validation if config.real else None
+        except FileNotFoundError as exc:
+            raise CommandError(f"{exc}; without --real the head learns no real drawings.") from exc
         drawing = time.perf_counter() - started
         self.stdout.write(
             f"{len(pools.outliers):,} non-digits and {len(pools.drawn):,} canvas digits drawn "
-            f"in {drawing:.0f} s; {len(pools.mnist):,} MNIST digits"
+            f"in {drawing:.0f} s; {len(pools.mnist):,} MNIST digits; real drawings: "
+            f"{len(pools.real_digits):,} digits, {len(pools.real_outliers):,} non-digits"
         )
         result = train_detector(base, pools, config, data.train.labels)
         model = result.model
-        rejection = choose_threshold(model, data.validation.images.numpy(), score=DETECTOR_SCORE)
+        rejection = choose_threshold(
+            model,
+            data.validation.images.numpy(),
+            score=DETECTOR_SCORE,
+            real_images=None if real is None else render(real.inks),
+        )
         test = evaluate_model(model, data.test, "cpu")
 
         metadata = {
@@ -99,6 +111,10 @@ class Command(BaseCommand):
                 "command": "python manage.py train_detector " + shlex.join(sys.argv[2:]),
             },
         }
+        if config.real:
+            datasets = {**base_meta.get("datasets", {}), **NONDIGIT_DATASETS}
+            metadata["datasets"] = datasets
+            metadata["detector"]["threshold_writers"] = sorted({int(w) for w in real.writers})
         if "command" in base_meta:
             metadata["base_command"] = base_meta["command"]
         stored = save_weights(model, options["output"], metadata)
@@ -108,6 +124,6 @@ class Command(BaseCommand):
         )
         self.stdout.write(
             f"Not a digit below detector {rejection.threshold:.4f}, chosen on the validation "
-            "digits."
+            "digits" + (" and the validation writers' pen digits." if config.real else ".")
         )
         self.stdout.write(f"Model {stored['version']} saved to {options['output']}")

@@ -5,7 +5,7 @@
 // shown no longer matches the drawing.
 //
 // Feedback: once an answer describes the drawing on the pad, "Right" or "it was: 0…9" (or a
-// digit key) sends that drawing's image back with the true digit, once per drawing.
+// digit key) sends that drawing's ink back with the true digit, once per drawing.
 //
 // "A number" mode: a pad twice as wide as high, requests that expect a number; the answer's
 // digits go in #prediction, a box over each digit on the pad, and the bars and 28x28 image of
@@ -14,8 +14,9 @@
 import { DrawingPad } from "./drawing.js";
 import { PredictionClient, STATE, socketUrl } from "./predictions.js";
 
-/** Side of the PNG sent to the server. The server crops the ink and shrinks it to 20 pixels,
- * so more resolution buys nothing but bytes; this keeps a frame to a few kilobytes. */
+/** Height of the drawing area whose whole pixels the ink sent to the server is measured in (a
+ * PNG for another client would be drawn this high). The server crops the ink and scales it to
+ * 20 pixels, so a finer grid buys nothing but bytes: a digit across half the pad still has 96. */
 const EXPORT_SIZE = 192;
 /** The pad's width over its height in each mode (the export keeps EXPORT_SIZE's height). */
 const ASPECT = { digit: 1, number: 2 };
@@ -53,6 +54,10 @@ const ERROR_TEXT = {
   unavailable: "No model worker is running, so nobody can answer. Start a worker and try again.",
   timeout: "No answer in time: the model is very busy or no worker is running. Try again.",
   invalid_image: "The server could not read the drawing. Reset and draw again.",
+  bad_ink: "The server could not read the drawing. Reset and draw again.",
+  too_large: "The drawing has too many strokes or points. Reset and draw again, more simply.",
+  feedback_limit:
+    "Thank you: that is as many corrections as one person may send in an hour. Please try again later.",
 };
 const RETRY_CODES = new Set(["rate_limited", "busy"]);
 
@@ -99,7 +104,7 @@ let shownVersion = 0;
 let liveTimer = 0;
 let retryTimer = 0;
 let askWhenConnected = false;
-/** The answer on screen and the drawing it describes: `{version, image, digit, model}`. */
+/** The answer on screen and the drawing it describes: `{version, drawing, digit, model}`. */
 let answered = null;
 /** The id of the feedback in flight (one at a time), or null. */
 let feedbackInFlight = null;
@@ -151,10 +156,11 @@ function padChanged(reason) {
 function send() {
   clearTimeout(liveTimer);
   liveTimer = 0;
-  // The image rides along in the context: feedback on the answer sends the very same one.
-  const image = pad.toDataURL(EXPORT_SIZE);
+  // The drawing is sent as ink: the strokes, not a picture of them. It rides along in the
+  // context: feedback on the answer sends the very same one.
+  const drawing = { ink: pad.toInk(EXPORT_SIZE) };
   const exported = { width: Math.round(EXPORT_SIZE * pad.aspect), height: EXPORT_SIZE };
-  client.predict(image, { version: pad.version, image, mode, exported }, mode);
+  client.predict(drawing, { version: pad.version, drawing, mode, exported }, mode);
   sentVersion = pad.version;
   lastSentAt = performance.now();
   ui.answer.setAttribute("aria-busy", "true");
@@ -234,7 +240,7 @@ function showAnswer(answer, request) {
   shownVersion = request.context.version;
   answered = {
     version: request.context.version,
-    image: request.context.image,
+    drawing: request.context.drawing,
     digit: answer.digit,
     model: answer.model || null,
   };
@@ -404,8 +410,8 @@ function updateFeedback() {
 function sendFeedback(digit) {
   if (ui.feedbackRight.disabled) return; // the buttons' rule holds for the keys too
   if (digit === null || digit === undefined) return; // "Right" on an answer with no digit
-  const { image, version, digit: predicted, model } = answered;
-  const id = client.feedback({ image, digit, predicted, model }, { version });
+  const { drawing, version, digit: predicted, model } = answered;
+  const id = client.feedback({ drawing, digit, predicted, model }, { version });
   if (id === null) {
     sayFeedback(FEEDBACK_TEXT.offline, "error");
     return;

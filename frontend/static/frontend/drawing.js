@@ -1,9 +1,9 @@
 // The drawing pad: pointer input in, strokes kept as data, pixels rendered from the data.
 //
-// Strokes are lists of points in canvas-relative units (0..1 on both axes), so the drawing
-// survives resizes and device-pixel-ratio changes, Undo is "redraw all but the last stroke",
-// and the image sent to the server is rendered from the same strokes at a fixed size whatever
-// the screen (a phone at 3x would otherwise send a 1000-pixel PNG).
+// Strokes are lists of points [x, y, t] in canvas-relative units (0..1 on both axes; t in ms
+// since the drawing's first point), so the drawing survives resizes and device-pixel-ratio
+// changes, Undo is "redraw all but the last stroke", and what is sent to the server (the
+// strokes themselves, as ink) is the same whatever the screen.
 
 /** Brush width as a fraction of the canvas's height (its side, when square). After the server
  * crops the ink and scales it to MNIST's 20-pixel box, a digit drawn across half the pad gets
@@ -68,6 +68,8 @@ export class DrawingPad {
     this.ctx = canvas.getContext("2d");
     this.onChange = onChange;
     this.strokes = [];
+    /** The event time of the drawing's first point: ink times count from it. */
+    this.startedAt = 0;
     /** Bumped on every change, so a shown answer can be matched to the drawing it describes. */
     this.version = 0;
     this.activePointer = null;
@@ -116,6 +118,20 @@ export class DrawingPad {
     if (this.isEmpty) return;
     this.strokes = [];
     this.#changed("clear");
+  }
+
+  /** The drawing as ink: strokes of [x, y, t] points in whole pixels of a drawing area `size`
+   * pixels high (and `aspect` times as wide), t in whole milliseconds since the first point. The
+   * server normalises scale and place, so whole pixels of a modest area lose nothing it uses,
+   * and keep a frame small. */
+  toInk(size) {
+    return this.strokes.map((stroke) =>
+      stroke.map(([x, y, t]) => [
+        Math.round(x * size * this.aspect),
+        Math.round(y * size),
+        Math.round(t),
+      ]),
+    );
   }
 
   /** The drawing as a PNG data URL, `size` pixels high (and `aspect` times as wide), white
@@ -179,7 +195,12 @@ export class DrawingPad {
 
   #point(e) {
     const rect = this.canvas.getBoundingClientRect();
-    return [(e.clientX - rect.left) / rect.width, (e.clientY - rect.top) / rect.height];
+    if (this.isEmpty) this.startedAt = e.timeStamp;
+    return [
+      (e.clientX - rect.left) / rect.width,
+      (e.clientY - rect.top) / rect.height,
+      Math.max(0, e.timeStamp - this.startedAt),
+    ];
   }
 
   #down(e) {
@@ -200,10 +221,10 @@ export class DrawingPad {
     const events = e.getCoalescedEvents?.() ?? [];
     let added = false;
     for (const sample of events.length ? events : [e]) {
-      const [x, y] = this.#point(sample);
+      const point = this.#point(sample);
       const [lx, ly] = stroke[stroke.length - 1];
-      if (Math.hypot(x - lx, y - ly) >= MIN_STEP) {
-        stroke.push([x, y]);
+      if (Math.hypot(point[0] - lx, point[1] - ly) >= MIN_STEP) {
+        stroke.push(point);
         added = true;
       }
     }

@@ -115,32 +115,34 @@ export class PredictionClient {
     if (this.retryTimer) this.connect();
   }
 
-  /** Send a canvas image to read as a "digit" or a "number"; returns the request id, or null
-   * when the socket is not open. */
-  predict(image, context = null, expect = "digit") {
+  /** Send a drawing, `{ink}` (strokes) or `{image}` (a data URL), to read as a "digit" or a
+   * "number"; returns the request id, or null when the socket is not open. */
+  predict(drawing, context = null, expect = "digit") {
     if (!this.isOpen) return null;
     const id = this.nextId++;
     const request = { id, sentAt: performance.now(), context };
     request.guard = setTimeout(() => this.#settle(id), ANSWER_GUARD_MS);
     this.inFlight.set(id, request);
-    const frame = { type: "predict", id: String(id), image };
+    const frame = { type: "predict", id: String(id), ...drawing };
     if (expect !== "digit") frame.expect = expect;
     this.socket.send(JSON.stringify(frame));
     return id;
   }
 
   /**
-   * Say what a drawing really was: `image` is the data URL that was predicted, `digit` the
-   * true digit, `predicted` and `model` what the answer said (null when unknown). Returns the
-   * request id, or null when the socket is not open.
+   * Say what a drawing really was: `drawing` is what was predicted (`{ink}` or `{image}`),
+   * `digit` the true digit, `predicted` and `model` what the answer said (null when unknown).
+   * Returns the request id, or null when the socket is not open.
    */
-  feedback({ image, digit, predicted = null, model = null }, context = null) {
+  feedback({ drawing, digit, predicted = null, model = null }, context = null) {
     if (!this.isOpen) return null;
     const id = FEEDBACK_ID_PREFIX + this.nextFeedbackId++;
     const request = { id, sentAt: performance.now(), context };
     request.guard = setTimeout(() => this.#settleFeedback(id, null), ANSWER_GUARD_MS);
     this.feedbackInFlight.set(id, request);
-    this.socket.send(JSON.stringify({ type: "feedback", id, image, digit, predicted, model }));
+    this.socket.send(
+      JSON.stringify({ type: "feedback", id, ...drawing, digit, predicted, model }),
+    );
     return id;
   }
 
