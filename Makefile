@@ -23,7 +23,7 @@ browser:
 		echo "Installing Debian's chromium for the browser tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-# The fonts whose letters the not-a-digit head learns and the tests draw (classifier/ml/outliers.py
+# The fonts whose letters the not-a-digit head learns and the tests draw (classifier/ml/training/alphabets.py
 # names each family's package): Debian's, so tests and `train_detector` see the same alphabets on
 # every machine rather than whatever happens to be installed.
 FONT_PACKAGES := fonts-dejavu-core fonts-noto-core fonts-nanum fonts-ipafont-gothic fonts-ipafont-mincho
@@ -44,11 +44,13 @@ run: $(STAMP)
 test: $(STAMP) browser fonts
 	DIGITS_DATA_DIR=$${DIGITS_DATA_DIR:-$(TEST_DATA_DIR)} $(PY) -m pytest
 
-## Style (ruff) and the architecture's import contracts (import-linter, in pyproject.toml).
+## Style (ruff), the architecture's import contracts (import-linter) and types (mypy), all
+## configured in pyproject.toml.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	PYTHONPATH=. $(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -1,19 +1,18 @@
 """Accuracy on digits as people send them: drawn on a canvas, and as small bitmaps.
 
-    .venv/bin/python benchmarks/canvas_accuracy.py [--weights PATH] [--count 2000] [--seed 0]
+    .venv/bin/python -m benchmarks.canvas_accuracy [--weights PATH] [--count 2000] [--seed 0]
 
 Canvas set: MNIST test digits thinned to their skeletons and redrawn with a round brush around
 the page's width, at a random size and place on a 384x384 canvas, in the page's colours and
-others (classifier/ml/canvas.py). Bitmap set: MNIST test digits as black-on-white PNGs of 16 to 64
-pixels, as other clients send them. Templates: hand-drawn stroke templates in several writing
-styles, at random sizes, places and slants. Every image goes through the service's own path,
+others (classifier/ml/training/canvas.py). Bitmap set: MNIST test digits as black-on-white PNGs of
+16 to 64 pixels, as other clients send them. Templates: hand-drawn stroke templates in several
+writing styles, at random sizes, places and slants. Every image goes through the service's own path,
 PNG bytes -> `preprocess` -> `Predictor`, and the same digits straight from MNIST are scored
 for comparison.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections import defaultdict
@@ -21,23 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.paths import DEFAULT_WEIGHTS, add_data_dir  # noqa: E402
-from classifier.ml.canvas import (  # noqa: E402 - after the path set-up
+from benchmarks import options
+from classifier.ml.brush import STYLES
+from classifier.ml.inference import Predictor
+from classifier.ml.preprocessing import preprocess
+from classifier.ml.training.canvas import (
     CANVAS_SIZE,
     STYLE_WEIGHTS,
-    STYLES,
     TEMPLATES,
     random_placement,
     render_bitmap_png,
     render_canvas_png,
     render_template_png,
 )
-from classifier.ml.data import load_test_split  # noqa: E402
-from classifier.ml.inference import Predictor  # noqa: E402
-from classifier.ml.preprocessing import preprocess  # noqa: E402
+from classifier.ml.training.data import load_test_split
 
 
 def accuracy_line(name: str, correct: int, total: int) -> str:
@@ -53,14 +49,9 @@ def predict(predictor: Predictor, images: list[np.ndarray]) -> np.ndarray:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--weights",
-        type=Path,
-        default=DEFAULT_WEIGHTS,
-        help=f"weights to score (default: {DEFAULT_WEIGHTS.relative_to(ROOT)})",
-    )
-    add_data_dir(parser)
+    parser = options.parser(__doc__)
+    options.add_weights(parser)
+    options.add_data_dir(parser)
     parser.add_argument(
         "--count",
         type=int,
@@ -73,8 +64,8 @@ def main() -> int:
         default=20,
         help="random drawings of each template variant (default: 20)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
+    options.add_seed(parser)
+    options.add_device(parser)
     parser.add_argument(
         "--show-errors",
         type=Path,

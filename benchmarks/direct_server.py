@@ -1,41 +1,32 @@
 """The yardstick for the service's overhead: one process, a websocket, the model, nothing between.
 
-    .venv/bin/python benchmarks/direct_server.py [--port 8765] [--weights PATH] [--device cpu]
+    .venv/bin/python -m benchmarks.direct_server [--port 8765] [--weights PATH] [--device cpu]
 
 A plain asyncio websocket server (the `websockets` library, compression off, as the service)
 that answers the service's protocol at /ws/predict/ by running the worker's own code
 (`classifier.serving.batch.answer_batch`: decode, preprocess, one model call, the same answer
 frame) on each request as it comes, on the event loop: no queue, no batching, no second process.
-`benchmarks/load.py --direct` runs the same phases against it and the service in one run and
+`python -m benchmarks.load --direct` runs the same phases against it and the service in one run and
 prints the ratios. Frames that are not predicts get the service's `bad_frame` error.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digits_site.settings")
+import torch
+from django.conf import settings
+from websockets.asyncio.server import ServerConnection, serve
 
-import django  # noqa: E402 - after the path set-up
-
-django.setup()
-
-import torch  # noqa: E402
-from django.conf import settings  # noqa: E402
-from websockets.asyncio.server import ServerConnection, serve  # noqa: E402
-
-from classifier.ml.inference import Predictor  # noqa: E402
-from classifier.serving import protocol  # noqa: E402
-from classifier.serving.batch import answer_batch  # noqa: E402
-from classifier.serving.protocol import PredictRequest  # noqa: E402
-from classifier.serving.publish import task_kwargs  # noqa: E402
+from benchmarks import options
+from classifier.ml.inference import Predictor
+from classifier.serving import protocol
+from classifier.serving.batch import answer_batch
+from classifier.serving.enqueue import task_kwargs
+from classifier.serving.protocol import PredictRequest
 
 READY = "Direct server listening"
 
@@ -72,7 +63,8 @@ async def main_async(host: str, port: int, predictor: Predictor) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    options.setup_django()
+    parser = options.parser(__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
     parser.add_argument(
@@ -81,7 +73,7 @@ def main() -> int:
         default=Path(settings.DIGITS_WEIGHTS),
         help="weights to serve (default: DIGITS_WEIGHTS, the service's)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    options.add_device(parser)
     parser.add_argument(
         "--threads",
         type=int,

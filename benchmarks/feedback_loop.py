@@ -1,10 +1,10 @@
 """The feedback loop, played by users: draw, correct, accept, retrain, hot swap, score.
 
-    .venv/bin/python benchmarks/feedback_loop.py [--writers 30] [--others 14] [--per-digit 3]
+    .venv/bin/python -m benchmarks.feedback_loop [--writers 30] [--others 14] [--per-digit 3]
 
 Writers are people the model has never seen: each is a seeded random hand (a writing style per
-digit from the stroke templates of classifier/ml/canvas.py: crossed or plain 7, flagged 1, open
-4, curly 9, slashed 0...; a slant, a width-to-height ratio, a usual size and a brush of their
+digit from the stroke templates of classifier/ml/training/canvas.py: crossed or plain 7, flagged 1,
+open 4, curly 9, slashed 0...; a slant, a width-to-height ratio, a usual size and a brush of their
 own), and each drawing of theirs varies around that hand (size, place, slant, a slight rotation
 and a smooth wobble of the strokes). The canvases are the page's own: white ink on black, at the
 size the page exports.
@@ -25,7 +25,6 @@ that never come are counted as lost.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import json
@@ -44,20 +43,18 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.paths import DEFAULT_WEIGHTS, add_data_dir  # noqa: E402
-from classifier.ml.canvas import (  # noqa: E402 - after the path set-up
+from benchmarks import options
+from benchmarks.load_report import machine_line
+from benchmarks.load_stack import local_stack
+from classifier.ml.brush import compose, draw_mask
+from classifier.ml.training.canvas import (
     CANVAS_SIZE,
     PAGE_BRUSH_PX,
     TEMPLATES,
-    compose,
-    draw_mask,
     template_segments,
     to_png,
 )
-from classifier.serving import protocol  # noqa: E402
+from classifier.serving import protocol
 
 # The size of the canvas export the page sends (frontend/static/frontend/app.js, EXPORT_SIZE).
 EXPORT_SIZE = 192
@@ -228,8 +225,11 @@ async def _play(
 ) -> None:
     """One writer at the page: each drawing predicted, then (when `correct`) its digit told."""
     import websockets
+    from websockets.typing import Origin
 
-    async with websockets.connect(url, origin=origin, compression=None, max_size=None) as socket:
+    async with websockets.connect(
+        url, origin=Origin(origin), compression=None, max_size=None
+    ) as socket:
         for drawing in drawings:
             request_id = uuid.uuid4().hex
             answer = await _ask(
@@ -302,12 +302,13 @@ def manage(args: list[str], env: dict[str, str], log: Path, echo: bool = False) 
     with log.open("ab") as errors:
         process = subprocess.Popen(
             [sys.executable, "manage.py", *args],
-            cwd=ROOT,
+            cwd=options.ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=errors,
             text=True,
         )
+        assert process.stdout is not None  # a pipe
         for line in process.stdout:
             lines.append(line)
             if echo:
@@ -342,33 +343,20 @@ def tally_line(name: str, tally: Tally) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--writers", type=int, default=30, help="writers who draw and correct (default: 30)"
-    )
-    parser.add_argument(
-        "--others", type=int, default=14, help="other writers, scored only (default: 14)"
-    )
-    parser.add_argument(
-        "--per-digit", type=int, default=3, help="drawings of each digit per writer (default: 3)"
-    )
+    parser = options.parser(__doc__)
+    options.add_writers(parser)
     parser.add_argument(
         "--epochs",
         type=int,
         default=None,
         help="retrain's --epochs (default: none given, retrain's own default)",
     )
-    add_data_dir(parser, "MNIST directory, the stack's DIGITS_DATA_DIR")
-    parser.add_argument(
-        "--weights",
-        type=Path,
-        default=DEFAULT_WEIGHTS,
-        help=f"weights copied to serve first (default: {DEFAULT_WEIGHTS.relative_to(ROOT)})",
-    )
+    options.add_data_dir(parser, "MNIST directory, the stack's DIGITS_DATA_DIR")
+    options.add_weights(parser, "weights copied to serve first")
     parser.add_argument(
         "--concurrency", type=int, default=8, help="writers at the page at once (default: 8)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="writers' seed (default: 0)")
+    options.add_seed(parser, what="writers' seed")
     args = parser.parse_args()
 
     directory = Path(tempfile.mkdtemp(prefix="digits-loop-"))
@@ -385,11 +373,8 @@ def main() -> int:
             "DATABASE_URL": f"sqlite:///{directory / 'digits.sqlite3'}",
         }
     )
-    # The stack, machine line and Django set-up are load.py's (it reads the environment above).
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import load
-
-    print(f"Machine: {load.machine_line()}")
+    options.setup_django()  # after the environment above: the settings read it
+    print(f"Machine: {machine_line()}")
     timings: dict[str, float] = {}
     started = time.perf_counter()
     trainers = drawings_of(range(1, args.writers + 1), args.per_digit, args.seed)
@@ -406,7 +391,7 @@ def main() -> int:
     log = directory / "commands.log"
     total = Tally()
     mark = time.perf_counter()
-    with load.local_stack(None, "cpu", 16) as service:
+    with local_stack(None, "cpu", 16) as service:
         timings["stack start"] = time.perf_counter() - mark
         print(f"Service: runstack at {service.url}, per-client limits off; files in {directory}")
         first = served_models(service.origin)

@@ -1,13 +1,13 @@
 """Fine-tuning recipes side by side: what each costs on MNIST and gains on writers it never saw.
 
-    .venv/bin/python benchmarks/finetune_recipes.py \
+    .venv/bin/python -m benchmarks.finetune_recipes \
         --recipes '[{"distill": 0, "freeze_norm": false, "correction_share": 0.25}, {}]'
 
-The writers are those of benchmarks/feedback_loop.py (the same seeded hands and drawings), but
+The writers are those of benchmarks.feedback_loop (the same seeded hands and drawings), but
 the service is left out: the drawings are preprocessed in-process and the candidates fine-tuned
-with `classifier.ml.finetune` directly, so each recipe costs one fine-tuning run. Writers 1..W
-draw every digit `--per-digit` times: their drawings are the corrections, split into training
-and held-out ones as `retrain` splits them. Writers W+1..W+O are the others, scored only.
+with `classifier.ml.training.finetune` directly, so each recipe costs one fine-tuning run.
+Writers 1..W draw every digit `--per-digit` times: their drawings are the corrections, split into
+training and held-out ones as `retrain` splits them. Writers W+1..W+O are the others, scored only.
 
 Each recipe is a JSON object of FinetuneConfig fields (`{}`: retrain's defaults). Every trained
 candidate is also blended back towards the served weights at each `--blends` share (a blend
@@ -17,27 +17,21 @@ corrections and the others' accuracy, and whether `retrain`'s promotion rule wou
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import feedback_loop  # noqa: E402 - after the path set-up
-
-from benchmarks.paths import DEFAULT_WEIGHTS, add_data_dir  # noqa: E402
-from classifier.ml.data import Split, load_mnist  # noqa: E402
-from classifier.ml.finetune import (  # noqa: E402
+from benchmarks import feedback_loop, options
+from classifier.ml.model import build_model
+from classifier.ml.preprocessing import preprocess
+from classifier.ml.training.data import Split, load_mnist
+from classifier.ml.training.finetune import (
     FinetuneConfig,
     Scores,
     blend_weights,
@@ -45,10 +39,8 @@ from classifier.ml.finetune import (  # noqa: E402
     gate,
     is_held_out,
 )
-from classifier.ml.model import build_model  # noqa: E402
-from classifier.ml.preprocessing import preprocess  # noqa: E402
-from classifier.ml.training import evaluate_model  # noqa: E402
-from classifier.ml.weights import config_from_metadata, load_weights  # noqa: E402
+from classifier.ml.training.train import evaluate_model
+from classifier.ml.weights import config_from_metadata, load_weights
 
 
 def drawings(writers: range, per_digit: int, seed: int) -> Split:
@@ -60,7 +52,7 @@ def drawings(writers: range, per_digit: int, seed: int) -> Split:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = options.parser(__doc__)
     parser.add_argument(
         "--recipes", default="[{}]", help="JSON list of FinetuneConfig overrides (default: [{}])"
     )
@@ -69,18 +61,11 @@ def main() -> int:
         default="0.5,0.75,1",
         help="shares of the fine-tuned weights to score each candidate at (default: 0.5,0.75,1)",
     )
-    parser.add_argument("--writers", type=int, default=30, help="correcting writers (default: 30)")
-    parser.add_argument("--others", type=int, default=14, help="scored writers (default: 14)")
-    parser.add_argument("--per-digit", type=int, default=3, help="drawings a digit (default: 3)")
-    parser.add_argument("--seed", type=int, default=0, help="writers' seed (default: 0)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    parser.add_argument(
-        "--weights",
-        type=Path,
-        default=DEFAULT_WEIGHTS,
-        help="the served model (default: the shipped weights)",
-    )
-    add_data_dir(parser, "where MNIST is, as <dir>/MNIST/raw/")
+    options.add_writers(parser)
+    options.add_seed(parser, what="writers' seed")
+    options.add_threads(parser, 2)
+    options.add_weights(parser, "the served model")
+    options.add_data_dir(parser, "where MNIST is, as <dir>/MNIST/raw/")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -89,7 +74,7 @@ def main() -> int:
     others = drawings(
         range(args.writers + 1, args.writers + args.others + 1), args.per_digit, args.seed
     )
-    # Hashed as classifier.corrections.image_hash hashes a stored correction's 28x28 image.
+    # Hashed as classifier.corrections.store.image_hash hashes a stored correction's 28x28 image.
     held = torch.tensor(
         [is_held_out(hashlib.sha256(x.numpy().tobytes()).hexdigest()) for x in corrections.images]
     )
@@ -109,6 +94,7 @@ def main() -> int:
         return Scores(test, held_acc), validation, others_acc
 
     def line(name: str, scores: Scores, validation: float, others_acc: float, note: str) -> str:
+        assert scores.held_out is not None  # each model is scored on the held-out corrections
         return (
             f"{name:<58} MNIST test {100 * scores.mnist_test:.2f}%  validation "
             f"{100 * validation:.2f}%  held-out {100 * scores.held_out:.2f}%  others "

@@ -1,6 +1,6 @@
 """How fast one worker process can go: the model at several batch sizes, and the preprocessing.
 
-    .venv/bin/python benchmarks/inference_speed.py [--device all] [--batches 1,8,64,256,1024]
+    .venv/bin/python -m benchmarks.inference_speed [--device all] [--batches 1,8,64,256,1024]
 
 For each device (the CPU, and CUDA when there is one) it prints the model's images/s at each
 batch size, three ways: `eager` is the model as trained (batch norm separate, NCHW); `served` is
@@ -9,7 +9,7 @@ time includes copying the batch to the device and the probabilities back); on CU
 the served model under bf16 autocast, which the workers do not use unless these figures say it
 pays. Then the decode + preprocess rate of canvas PNGs as the page sends them, and the
 in-process limit: decode + preprocess + model at the worker's batch size, the ceiling a worker
-could reach with no serving overhead at all (benchmarks/load.py compares the service with it).
+could reach with no serving overhead at all (benchmarks.load compares the service with it).
 
 CPU figures use the worker's thread count (DIGITS_TORCH_THREADS). Each figure is the median of
 `--repeats` timed runs of about `--seconds`; on a machine shared with other work, compare
@@ -18,7 +18,6 @@ figures from the same run only.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import os
@@ -30,25 +29,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
+from django.conf import settings
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digits_site.settings")
-
-import django  # noqa: E402 - after the path set-up
-
-django.setup()
-
-import torch  # noqa: E402
-from django.conf import settings  # noqa: E402
-
-from benchmarks.load import in_process_limit, machine_line  # noqa: E402
-from benchmarks.load_drawings import make_images  # noqa: E402
-from classifier.ml.inference import Predictor  # noqa: E402
-from classifier.ml.input import IMAGE_SIZE  # noqa: E402
-from classifier.ml.model import build_model, normalize  # noqa: E402
-from classifier.ml.weights import config_from_metadata, load_weights  # noqa: E402
-from classifier.serving.batch import prepare_batch  # noqa: E402
+from benchmarks import options
+from benchmarks.load_drawings import make_images
+from benchmarks.load_phases import in_process_limit
+from benchmarks.load_report import machine_line
+from classifier.ml.inference import Predictor
+from classifier.ml.input import IMAGE_SIZE
+from classifier.ml.model import build_model, normalize
+from classifier.ml.weights import config_from_metadata, load_weights
+from classifier.serving.batch import prepare_batch
 
 
 def rate(
@@ -102,12 +94,16 @@ def model_figures(
 
         @torch.inference_mode()
         def run_bf16(x: torch.Tensor = on_device) -> torch.Tensor:
+            assert served_bf16 is not None  # on CUDA only
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return served_bf16(x.contiguous(memory_format=torch.channels_last))
 
+        def run_served(p: np.ndarray = picked) -> np.ndarray:
+            return predictor.predict_proba(p)
+
         figures = [
             rate(run_eager, batch, seconds, repeats, sync),
-            rate(lambda p=picked: predictor.predict_proba(p), batch, seconds, repeats, sync),
+            rate(run_served, batch, seconds, repeats, sync),
         ]
         if cuda:
             figures.append(rate(run_bf16, batch, seconds, repeats, sync))
@@ -115,12 +111,9 @@ def model_figures(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--device",
-        default="all",
-        help="cpu, cuda, or all (the CPU, and CUDA when present) (default: all)",
-    )
+    options.setup_django()
+    parser = options.parser(__doc__)
+    options.add_device(parser, "all", "cpu, cuda, or all (the CPU, and CUDA when present)")
     parser.add_argument(
         "--batches",
         default="1,8,64,256,1024",
@@ -133,12 +126,7 @@ def main() -> int:
     parser.add_argument(
         "--images", type=int, default=256, help="canvas PNGs to preprocess (default: 256)"
     )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(settings.DIGITS_DATA_DIR),
-        help="where MNIST is (default: DIGITS_DATA_DIR, ./data)",
-    )
+    options.add_data_dir(parser)
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     if args.device == "all":

@@ -1,6 +1,6 @@
 """Digits sent as ink against the same drawings sent as the page's PNG, on held-out writers.
 
-    .venv/bin/python benchmarks/ink_accuracy.py [--weights PATH] [--data-dir DIR]
+    .venv/bin/python -m benchmarks.ink_accuracy [--weights PATH] [--data-dir DIR]
         [--writers 11-30] [--seed 0] [--device cpu] [--threads 1] [--sweep]
 
 The pen digits (../shared/datasets/pendigits, 30 writers the shipped model never saw) go through
@@ -25,21 +25,17 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.paths import DEFAULT_WEIGHTS, add_data_dir  # noqa: E402
-from classifier.ml import rasterizer  # noqa: E402 - after the path set-up
-from classifier.ml.canvas import PAGE_EXPORT_SIZE, draw_page, page_ink, to_png  # noqa: E402
-from classifier.ml.drawings import pendigits  # noqa: E402
-from classifier.ml.inference import Predictor  # noqa: E402
-from classifier.ml.ink import Ink, to_lists  # noqa: E402
-from classifier.ml.preprocessing import preprocess  # noqa: E402
+from benchmarks import options
+from classifier.ml import rasterizer
+from classifier.ml.inference import Predictor
+from classifier.ml.ink import Ink, to_lists
+from classifier.ml.preprocessing import preprocess
+from classifier.ml.training.canvas import PAGE_EXPORT_SIZE, draw_page, page_ink, to_png
+from classifier.ml.training.drawings import pendigits
 
 DEFAULT_WRITERS = "11-30"
 TIMING_BATCH = 64
@@ -184,7 +180,7 @@ def report(ways: dict[str, Way], drawings: Sequence[Drawing]) -> list[str]:
         per_class = [shares(way, labels, labels == c)[1] for c in range(10)]
         lines.append(f"  {name:<24}" + "".join(f"{p:7.1f}" for p in per_class))
     by_writer = {w: shares(ink, labels, writers == w)[1] for w in np.unique(writers).tolist()}
-    worst = sorted(by_writer, key=by_writer.get)[:WORST_WRITERS]
+    worst = sorted(by_writer, key=lambda w: by_writer[w])[:WORST_WRITERS]
     lines.append(
         "worst writers, kept and right (ink / PNG): "
         + ", ".join(
@@ -211,27 +207,18 @@ def sweep(predictor: Predictor, drawings: Sequence[Drawing]) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--weights",
-        type=Path,
-        default=DEFAULT_WEIGHTS,
-        help=f"weights to score (default: {DEFAULT_WEIGHTS.relative_to(ROOT)})",
-    )
-    add_data_dir(parser, "folder holding pendigits/pendigits-orig.tra")
+    parser = options.parser(__doc__)
+    options.add_weights(parser)
+    options.add_data_dir(parser, "folder holding pendigits/pendigits-orig.tra")
     parser.add_argument(
         "--writers",
         type=parse_writers,
         default=parse_writers(DEFAULT_WRITERS),
         help=f"pen digits' writers to read, e.g. 11-30 or 1-10,15 (default: {DEFAULT_WRITERS})",
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the drawings' sizes and places (default: 0)"
-    )
-    parser.add_argument(
-        "--device", default="cpu", help="where the model and the rasterizer run (default: cpu)"
-    )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    options.add_seed(parser, what="seed of the drawings' sizes and places")
+    options.add_device(parser, what="where the model and the rasterizer run: cpu or cuda")
+    options.add_threads(parser)
     parser.add_argument(
         "--sweep",
         action="store_true",

@@ -2,10 +2,10 @@
 
 The PNG canvases are MNIST test digits redrawn as the page draws them (the stroke templates
 without MNIST), and numbers drawn from the stroke templates. With ink, every phase draws from
-the same drawings both ways: real pen strokes (the pen digits of 30 writers, whom the shipped
-model never saw; the stroke templates without the data set) placed on the page's pad as people
-draw, and numbers composed of one writer's digits (classifier/ml/ink_numbers.py), each drawn to
-a PNG the way the page draws.
+the same drawings both ways: real pen strokes (the pen digits of 30 writers, whom the shipped model
+never saw; the stroke templates without the data set) placed on the page's pad as people draw, and
+numbers composed of one writer's digits (classifier/ml/training/ink_numbers.py), each drawn to a PNG
+the way the page draws.
 """
 
 from __future__ import annotations
@@ -17,8 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.ml.canvas import PAGE_EXPORT_SIZE, render_canvas_png, render_template_png, to_png
-from classifier.ml.data import DataError, load_test_split
+from classifier.ml.training.canvas import (
+    PAGE_EXPORT_SIZE,
+    render_canvas_png,
+    render_template_png,
+    to_png,
+)
+from classifier.ml.training.data import DataError, load_test_split
 from classifier.serving import protocol
 
 # The number pad's export (app.js): twice as wide as the digit pad's, as high.
@@ -76,9 +81,9 @@ def _timed_ink(ink) -> str:
 
 def _pen_digits(data_dir: Path) -> tuple[list, str]:
     """Real pen digits (label, ink), or the stroke templates' digits without the data set."""
-    from classifier.ml.canvas import TEMPLATES
-    from classifier.ml.drawings import pendigits
     from classifier.ml.ink import from_xy
+    from classifier.ml.training.canvas import TEMPLATES
+    from classifier.ml.training.drawings import pendigits
 
     path = pendigits.path_in(data_dir.parent if data_dir.name == "MNIST" else data_dir)
     try:
@@ -95,7 +100,7 @@ def _pen_digits(data_dir: Path) -> tuple[list, str]:
 def make_ink_drawings(count: int, seed: int, data_dir: Path) -> tuple[Images, str]:
     """The same drawings as the page's PNG and as its ink: real pen strokes placed on the pad as
     people draw (size and place vary), each drawn to a PNG the way the page draws."""
-    from classifier.ml.canvas import draw_page, page_ink
+    from classifier.ml.training.canvas import draw_page, page_ink
 
     rng = np.random.default_rng(seed)
     digits, source = _pen_digits(data_dir)
@@ -113,9 +118,9 @@ def make_ink_drawings(count: int, seed: int, data_dir: Path) -> tuple[Images, st
 def make_ink_numbers(count: int, seed: int, length: int, data_dir: Path) -> Images:
     """Numbers of `length` digits composed of one writer's pen digits (templates without the
     data set), as the page's ink and its PNG of the number pad."""
-    from classifier.ml.canvas import draw_page
     from classifier.ml.ink import to_lists
-    from classifier.ml.ink_numbers import number_from
+    from classifier.ml.training.canvas import draw_page
+    from classifier.ml.training.ink_numbers import number_from
 
     rng = np.random.default_rng(seed)
     digits, _ = _pen_digits(data_dir)
@@ -137,7 +142,7 @@ def make_ink_numbers(count: int, seed: int, length: int, data_dir: Path) -> Imag
 def make_numbers(count: int, seed: int, length: int) -> Images:
     """Numbers of `length` digits drawn from the stroke templates on the number canvas, with the
     gaps people leave when writing in a row."""
-    from classifier.ml.numbers import template_number
+    from classifier.ml.training.numbers import template_number
 
     rng = np.random.default_rng(seed)
     pngs: list[bytes] = []

@@ -1,14 +1,14 @@
 """How well each score tells digits from non-digits, on held-out drawings, model against model.
 
-    .venv/bin/python benchmarks/not_a_digit.py --weights A.safetensors [--weights B ...]
+    .venv/bin/python -m benchmarks.not_a_digit --weights A.safetensors [--weights B ...]
         [--data-dir DIR] [--outliers-per-family 200] [--drawn 2000] [--threads 1] [--json PATH]
         [--kept PNG] [--trained-letters 200] [--max-rejected 0.002,0.004]
 
 For each weights file, and for each score of its logits (maximum softmax probability; the same at
 the temperature that fits the MNIST validation labels; the energy score) and, for weights with a
-detector head (`classifier.ml.detector`), the head's logit, a threshold is chosen
-on held-out digits only (`classifier.ml.rejection.choose_threshold`: MNIST validation and
-canvas drawings of them, split "calibration"), then measured on the evaluation sets: MNIST test,
+detector head (`classifier.ml.training.detector`), the head's logit, a threshold is chosen
+on held-out digits only (`classifier.ml.training.calibration.choose_threshold`: MNIST validation
+and canvas drawings of them, split "calibration"), then measured on the evaluation sets: MNIST test,
 test digits drawn on the canvas, and generated non-digits of the "eval" split (other seeds, and a
 third of every alphabet's letters that a head trained with `train_detector --no-every-letter`
 never draws; weights trained with `--hold-out armenian,georgian,hebrew` never saw those
@@ -26,28 +26,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.paths import DEFAULT_WEIGHTS, add_data_dir  # noqa: E402
-from classifier.ml.data import load_mnist  # noqa: E402 - after the path set-up
-from classifier.ml.inference import Predictor  # noqa: E402
-from classifier.ml.outliers import (  # noqa: E402
-    HELD_OUT_SCRIPTS,
-    SCRIPTS,
-    drawn_digits,
-    families_for,
-    make_outliers,
-)
-from classifier.ml.rejection import (  # noqa: E402
+from benchmarks import options
+from classifier.ml.inference import Predictor
+from classifier.ml.rejection import has_detector, logits_of, outputs_of
+from classifier.ml.training.alphabets import SCRIPTS
+from classifier.ml.training.calibration import (
     DRAWN_CALIBRATION_COUNT,
     DRAWN_MAX_REJECTED,
     EVAL_DRAWN_COUNT,
@@ -57,10 +48,14 @@ from classifier.ml.rejection import (  # noqa: E402
     choose_threshold,
     evaluation_sets,
     fit_temperature,
-    has_detector,
-    logits_of,
-    outputs_of,
     rejection_report,
+)
+from classifier.ml.training.data import load_mnist
+from classifier.ml.training.outliers import (
+    HELD_OUT_SCRIPTS,
+    drawn_digits,
+    families_for,
+    make_outliers,
 )
 
 METHODS = (("msp", False), ("msp", True), ("energy", False))
@@ -70,14 +65,9 @@ TRAINED_LETTERS_SEED = 977
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--weights",
-        type=Path,
-        action="append",
-        help=f"weights to compare, repeated (default: {DEFAULT_WEIGHTS.relative_to(ROOT)})",
-    )
-    add_data_dir(parser)
+    parser = options.parser(__doc__)
+    options.add_weights(parser, "weights to compare", repeat=True)
+    options.add_data_dir(parser)
     parser.add_argument(
         "--outliers-per-family",
         type=int,
@@ -97,7 +87,7 @@ def main() -> int:
         help="the threshold rule: the most of the calibration digits, MNIST and canvas, a chosen "
         f"threshold may reject (default: {MNIST_MAX_REJECTED},{DRAWN_MAX_REJECTED})",
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    options.add_threads(parser)
     parser.add_argument("--json", type=Path, help="also write the figures here (default: none)")
     parser.add_argument(
         "--kept",
@@ -130,8 +120,8 @@ def main() -> int:
         f"{len(sets.outliers)} non-digits; made in {time.perf_counter() - started:.0f} s"
     )
 
-    rows = []
-    for path in args.weights or [DEFAULT_WEIGHTS]:
+    rows: list[dict[str, Any]] = []
+    for path in options.weights_of(args):
         predictor = Predictor.load(path, device="cpu")
         model = predictor.model
         temperature = fit_temperature(logits_of(model, validation), data.validation.labels)
@@ -178,12 +168,10 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     if args.kept:
-        draw_kept(
-            Predictor.load((args.weights or [DEFAULT_WEIGHTS])[0], device="cpu"), sets, args.kept
-        )
+        draw_kept(Predictor.load(options.weights_of(args)[0], device="cpu"), sets, args.kept)
         print(f"\nKept letters drawn to {args.kept}")
     if args.trained_letters:
-        print_trained_letters(args.weights or [DEFAULT_WEIGHTS], args.trained_letters)
+        print_trained_letters(options.weights_of(args), args.trained_letters)
     return 0
 
 
@@ -206,12 +194,15 @@ def trained_letters_rejected(
     training draws and of those it never draws."""
     alphabets = [f for f in families_for("eval") if f in SCRIPTS]
     count = per_alphabet * len(alphabets)
+    rejection = predictor.rejection
+    if rejection is None:
+        raise ValueError(f"{predictor.version} has no stored threshold")
     shares = {}
     for split in ("train", "eval"):
         images, names = make_outliers(count, split, TRAINED_LETTERS_SEED, alphabets)
-        rejected = ~predictor.rejection.is_digit(*outputs_of(predictor.model, images)).numpy()
-        names = np.asarray(names)
-        shares[split] = {a: float(rejected[names == a].mean()) for a in alphabets}
+        rejected = ~rejection.is_digit(*outputs_of(predictor.model, images)).numpy()
+        families = np.asarray(names)
+        shares[split] = {a: float(rejected[families == a].mean()) for a in alphabets}
     return {a: (shares["train"][a], shares["eval"][a]) for a in alphabets}
 
 
@@ -257,7 +248,9 @@ def draw_kept(predictor: Predictor, sets: EvaluationSets, path: Path) -> None:
             row[:, index * 30 : index * 30 + 28] = image
         rows.append(row)
     grid = np.concatenate(rows)
-    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+    Image.fromarray(grid).resize(
+        (grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST
+    ).save(path)
 
 
 if __name__ == "__main__":

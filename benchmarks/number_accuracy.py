@@ -1,14 +1,14 @@
 """Reading numbers: exact-number and per-digit accuracy by length and by gap, and single digits
 read in number mode against digit mode.
 
-    .venv/bin/python benchmarks/number_accuracy.py [--count 300] [--lengths 2-8] [--seed 0]
+    .venv/bin/python -m benchmarks.number_accuracy [--count 300] [--lengths 2-8] [--seed 0]
         [--data-dir DIR] [--weights PATH]
-    .venv/bin/python benchmarks/number_accuracy.py --source pendigits [--input ink|png|both]
+    .venv/bin/python -m benchmarks.number_accuracy --source pendigits [--input ink|png|both]
         [--writers 11-30] [--no-times] [--late 0.0] [--count 300] [--lengths 2-8]
 
-Numbers are drawn by the project's generator (classifier/ml/numbers.py) on the page's 768x384
-number canvas, from the stroke templates ("pen") and from MNIST test digits redrawn along their
-skeletons ("mnist"), with gaps from overlapping to wide, sizes, slants, slopes and baselines
+Numbers are drawn by the project's generator (classifier/ml/training/numbers.py) on the page's
+768x384 number canvas, from the stroke templates ("pen") and from MNIST test digits redrawn along
+their skeletons ("mnist"), with gaps from overlapping to wide, sizes, slants, slopes and baselines
 varying. Each goes the service's way: PNG bytes -> `segment_bytes` -> one model call for all its
 crops -> `Segmentation.read`. "In a row" is the set people write when asked for a number: 2-4
 digits, gaps tight to wide. Single digits (templates and MNIST on the 384x384 digit canvas, MNIST
@@ -17,29 +17,30 @@ mode) and `segment_bytes` (number mode).
 
 `--source pendigits` measures numbers written by real people instead: each composed of one pen
 digits writer's digits (`--writers`, by default 11-30, the writers training never sees) as ink
-(classifier/ml/ink_numbers.py), with every gap kind, and sent both ways the service reads them
-(`--input`): as ink through `segment_ink` (strokes grouped into digits), and as the PNG the page
-would send of the same strokes (the 768x384 number canvas exported at 384x192, drawn as the page
-draws them, its brush 0.065 of the height: `canvas.draw_page`) through `segment_bytes`. Both
-then share the model call and the reading. The time per number is the service's work on it:
-decoding and cutting (or grouping and rasterizing), the model call and the reading.
+(classifier/ml/training/ink_numbers.py), with every gap kind, and sent both ways the service reads
+them (`--input`): as ink through `segment_ink` (strokes grouped into digits), and as the PNG the
+page would send of the same strokes (the 768x384 number canvas exported at 384x192, drawn as the
+page draws them, its brush 0.065 of the height: `canvas.draw_page`) through `segment_bytes`. Both
+then share the model call and the reading. The time per number is the service's work on it: decoding
+and cutting (or grouping and rasterizing), the model call and the reading.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.paths import DEFAULT_WEIGHTS, add_data_dir  # noqa: E402
-from classifier.ml.canvas import (  # noqa: E402
+from benchmarks import options
+from classifier.ml.inference import Predictor
+from classifier.ml.ink import transformed
+from classifier.ml.ink_segmentation import segment_ink
+from classifier.ml.input import ImageError
+from classifier.ml.preprocessing import preprocess
+from classifier.ml.segmentation import segment_bytes
+from classifier.ml.training.canvas import (
     PAGE_EXPORT_SIZE,
     draw_page,
     render_bitmap_png,
@@ -47,14 +48,10 @@ from classifier.ml.canvas import (  # noqa: E402
     render_template,
     to_png,
 )
-from classifier.ml.data import load_test_split  # noqa: E402
-from classifier.ml.drawings import pendigits  # noqa: E402
-from classifier.ml.inference import Predictor  # noqa: E402
-from classifier.ml.ink import transformed  # noqa: E402
-from classifier.ml.ink_numbers import InkNumber, number_from, pools  # noqa: E402
-from classifier.ml.ink_segmentation import segment_ink  # noqa: E402
-from classifier.ml.input import ImageError  # noqa: E402
-from classifier.ml.numbers import (  # noqa: E402
+from classifier.ml.training.data import load_test_split
+from classifier.ml.training.drawings import pendigits
+from classifier.ml.training.ink_numbers import InkNumber, number_from, pools
+from classifier.ml.training.numbers import (
     GAPS,
     NUMBER_CANVAS,
     draw_number,
@@ -62,8 +59,6 @@ from classifier.ml.numbers import (  # noqa: E402
     mnist_strokes,
     template_number,
 )
-from classifier.ml.preprocessing import preprocess  # noqa: E402
-from classifier.ml.segmentation import segment_bytes  # noqa: E402
 
 IN_A_ROW = ("tight", "normal", "wide")
 INPUTS = ("ink", "png")
@@ -182,38 +177,44 @@ def pen_writers_numbers(args: argparse.Namespace, predictor: Predictor) -> None:
         print("\n".join(tally.lines(["all", *[f"{n} digits" for n in lengths]])))
         print("\n".join(tally.lines([f"gap {g}" for g in GAPS])))
     if len(inputs) == 2:
-        (ink, n), (png, _) = tallies["ink"].exact["all"], tallies["png"].exact["all"]
-        print(f"\nInk - PNG, exact numbers: {100 * (ink - png) / n:+.2f} points")
+        (by_ink, n), (by_png, _) = tallies["ink"].exact["all"], tallies["png"].exact["all"]
+        print(f"\nInk - PNG, exact numbers: {100 * (by_ink - by_png) / n:+.2f} points")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
-    add_data_dir(parser)
+    parser = options.parser(__doc__)
+    options.add_weights(parser)
+    options.add_data_dir(parser, "folder holding MNIST/ and pendigits/")
     parser.add_argument(
-        "--count", type=int, default=300, help="numbers per set and per length (default 300)"
+        "--count", type=int, default=300, help="numbers per set and per length (default: 300)"
     )
-    parser.add_argument("--lengths", default="2-8", help="lengths of the numbers (default 2-8)")
-    parser.add_argument("--singles", type=int, default=1000, help="single digits (default 1000)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lengths", default="2-8", help="lengths of the numbers (default: 2-8)")
+    parser.add_argument("--singles", type=int, default=1000, help="single digits (default: 1000)")
+    options.add_seed(parser, what="seed of the numbers drawn")
     parser.add_argument(
         "--source",
         choices=("generated", "pendigits"),
         default="generated",
-        help="generated: templates and MNIST drawn as PNG (default); pendigits: real writers",
+        help="generated: templates and MNIST drawn as PNG; pendigits: real writers "
+        "(default: generated)",
     )
     parser.add_argument(
-        "--input", choices=(*INPUTS, "both"), default="both", help="pendigits: sent as (both)"
+        "--input",
+        choices=(*INPUTS, "both"),
+        default="both",
+        help="pendigits: how the numbers are sent (default: both)",
     )
-    parser.add_argument("--writers", default="11-30", help="pendigits writers (default 11-30)")
+    parser.add_argument(
+        "--writers", default="11-30", help="pendigits: the writers (default: 11-30)"
+    )
     parser.add_argument(
         "--times",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="pendigits: ink with the pen's times (default) or without",
+        help="pendigits: ink with the pen's times or without (default: with)",
     )
     parser.add_argument(
-        "--late", type=float, default=0.0, help="pendigits: share of bars drawn late (0)"
+        "--late", type=float, default=0.0, help="pendigits: share of bars drawn late (default: 0)"
     )
     args = parser.parse_args()
 

@@ -1,41 +1,39 @@
 """Weights judged on every set of drawings at once, side by side: MNIST and drawings by people.
 
-    .venv/bin/python benchmarks/real_drawings.py [--weights PATH ...] [--data-dir DIR]
+    .venv/bin/python -m benchmarks.real_drawings [--weights PATH ...] [--data-dir DIR]
         [--limit N] [--seed 0] [--held-out] [--threads 1] [--json] [--styles-png PATH]
 
 For each `--weights` (repeat it to compare; the shipped weights by default): the MNIST test set
 (accuracy, kept and right by the weights' own `is_digit`); the pen digits (30 writers the shipped
 model never trained on) sent as ink through the serving rasterizer and as the page's PNG, kept and
 right per class and the worst writers; the world's styles made from real pen strokes
-(classifier/ml/drawings/styles.py: slashed and dotted zeros, barred sevens, ones with a long flag
-and a foot, open fours), kept and right per style; the Quick, Draw! doodles and the math symbols
-turned away, with the ten words (symbols) most often taken for digits, and the look-alikes drawn
-as digits (classifier/ml/drawings/lookalikes.py) kept. Every set is drawn once and scored by each
-weights (classifier/ml/realsets.py); a set whose files are absent is said to be absent.
+(classifier/ml/training/drawings/styles.py: slashed and dotted zeros, barred sevens, ones with a
+long flag and a foot, open fours), kept and right per style; the Quick, Draw! doodles and the math
+symbols turned away, with the ten words (symbols) most often taken for digits, and the look-alikes
+drawn as digits (classifier/ml/training/drawings/lookalikes.py) kept. Every set is drawn once and
+scored by each weights (classifier/ml/training/realsets.py); a set whose files are absent is said to
+be absent.
 `--styles-png` also draws a few examples of each style, as the rasterizer and the page draw them.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.paths import DEFAULT_WEIGHTS, add_data_dir  # noqa: E402
-from classifier.ml import realsets  # noqa: E402 - after the path set-up
-from classifier.ml.canvas import draw_page, page_ink  # noqa: E402
-from classifier.ml.data import DataError, load_test_split  # noqa: E402
-from classifier.ml.drawings import pendigits, styles  # noqa: E402
-from classifier.ml.inference import Predictor  # noqa: E402
-from classifier.ml.rasterizer import rasterize  # noqa: E402
+from benchmarks import options
+from classifier.ml.inference import Predictor
+from classifier.ml.rasterizer import rasterize
+from classifier.ml.training import realsets
+from classifier.ml.training.canvas import draw_page, page_ink
+from classifier.ml.training.data import DataError, load_test_split
+from classifier.ml.training.drawings import pendigits, styles
 
 # Examples of each style in `--styles-png`, and the side of each picture in it.
 STYLE_EXAMPLES = 6
@@ -45,7 +43,7 @@ LABEL = 46  # the width of the tables' first column
 
 def measure(predictor: Predictor, prepared: dict, mnist=None) -> dict:
     """One weights' figures on every prepared set (and MNIST's test split when given)."""
-    out = {"model": predictor.version}
+    out: dict[str, Any] = {"model": predictor.version}
     if mnist is not None:
         out["mnist"] = realsets.mnist_figures(predictor, mnist.images.numpy(), mnist.labels.numpy())
     out["sets"] = realsets.report(predictor, prepared)
@@ -148,7 +146,9 @@ def draw_styles(path: Path, pen: list, seed: int = 0, examples: int = STYLE_EXAM
         ImageDraw.Draw(row).text((6, TILE // 2 - 6), name, fill=255)
         for i, ink in enumerate(inks):
             page = draw_page(page_ink(ink)).convert("L").resize((TILE, TILE))
-            model = Image.fromarray(rasterize([ink])[0]).resize((TILE, TILE), Image.NEAREST)
+            model = Image.fromarray(rasterize([ink])[0]).resize(
+                (TILE, TILE), Image.Resampling.NEAREST
+            )
             left = label_width + i * (2 * TILE + 12)
             row.paste(page, (left, 4))
             row.paste(model, (left + TILE + 2, 4))
@@ -160,15 +160,9 @@ def draw_styles(path: Path, pen: list, seed: int = 0, examples: int = STYLE_EXAM
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--weights",
-        type=Path,
-        action="append",
-        help=f"weights to score; repeat to compare side by side "
-        f"(default: {DEFAULT_WEIGHTS.relative_to(ROOT)})",
-    )
-    add_data_dir(parser, "folder holding MNIST/, pendigits/, quickdraw/ and symbols/")
+    parser = options.parser(__doc__)
+    options.add_weights(parser, repeat=True)
+    options.add_data_dir(parser, "folder holding MNIST/, pendigits/, quickdraw/ and symbols/")
     parser.add_argument(
         "--limit",
         type=int,
@@ -176,19 +170,14 @@ def main() -> int:
         metavar="N",
         help="at most N drawings of each real set, chosen at random (default: all)",
     )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the sampling, the styles and the drawings' sizes and places (default: 0)",
-    )
+    options.add_seed(parser, what="seed of the sampling, the styles and the drawings' places")
     parser.add_argument(
         "--held-out",
         action="store_true",
         help="only what training on real drawings never learns: the validation writers' pen "
         "digits and their styles, the held-out words and symbols (default: every drawing)",
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    options.add_threads(parser)
     parser.add_argument(
         "--json", action="store_true", help="print the figures as one JSON list (default: text)"
     )
@@ -202,7 +191,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    predictors = [Predictor.load(w, device="cpu") for w in args.weights or [DEFAULT_WEIGHTS]]
+    predictors = [Predictor.load(w, device="cpu") for w in options.weights_of(args)]
     try:
         mnist = load_test_split(args.data_dir, download=False)
     except DataError as exc:

@@ -1,6 +1,6 @@
 """Time `manage.py retrain` with 10,000 accepted corrections, as a user would run it.
 
-    .venv/bin/python benchmarks/retrain_speed.py [--corrections 10000] [-- RETRAIN ARGS]
+    .venv/bin/python -m benchmarks.retrain_speed [--corrections 10000] [-- RETRAIN ARGS]
 
 Makes a temporary SQLite database (DATABASE_URL), migrates it with the real command, stores
 `--corrections` drawings of the project's stroke templates (random variant, size, place and
@@ -12,7 +12,6 @@ load: the 2-core CPU is often shared, and a busy machine trains slower. Target: 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -22,10 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.paths import DEFAULT_DATA_DIR  # noqa: E402 - after the path set-up
+from benchmarks import options
 
 TARGET_S = 300.0
 # Canvas size of the generated drawings: preprocessing scales them to 20 px anyway, and a small
@@ -35,16 +31,14 @@ CANVAS = 128
 
 def store_corrections(count: int, seed: int) -> int:
     """Draw, preprocess, store and accept `count` distinct template digits; returns how many."""
-    import django
-
-    django.setup()
+    options.setup_django()
     import numpy as np
     from django.db import transaction
 
-    from classifier import corrections
-    from classifier.ml.canvas import render_template_png
+    from classifier.corrections import store as corrections
+    from classifier.corrections.models import Status
     from classifier.ml.preprocessing import preprocess
-    from classifier.models import Status
+    from classifier.ml.training.canvas import render_template_png
 
     rng = np.random.default_rng(seed)
     stored = 0
@@ -71,16 +65,15 @@ def store_corrections(count: int, seed: int) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corrections", type=int, default=10_000, help="(default: 10000)")
-    parser.add_argument("--seed", type=int, default=1, help="drawings' seed (default: 1)")
+    parser = options.parser(__doc__)
     parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(os.environ.get("DIGITS_DATA_DIR") or DEFAULT_DATA_DIR),
-        help=f"MNIST (default: DIGITS_DATA_DIR or {DEFAULT_DATA_DIR})",
+        "--corrections", type=int, default=10_000, help="accepted corrections (default: 10000)"
     )
-    parser.add_argument("retrain_args", nargs="*", help="more `retrain` options, after --")
+    options.add_seed(parser, 1, "drawings' seed")
+    options.add_data_dir(parser, "MNIST directory, retrain's DIGITS_DATA_DIR")
+    parser.add_argument(
+        "retrain_args", nargs="*", help="more `retrain` options, after -- (default: none)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="digits-retrain-") as tmp:
@@ -92,10 +85,9 @@ def main() -> int:
             "DJANGO_SETTINGS_MODULE": "digits_site.settings",
         }
         os.environ.update(env)
-        sys.path.insert(0, str(ROOT))
         subprocess.run(
             [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-            cwd=ROOT,
+            cwd=options.ROOT,
             env=env,
             check=True,
         )
@@ -124,7 +116,7 @@ def main() -> int:
         # Streamed, so the progress lines show as they come.
         last = ""
         with subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+            command, cwd=options.ROOT, env=env, stdout=subprocess.PIPE, text=True
         ) as process:
             assert process.stdout is not None
             for line in process.stdout:

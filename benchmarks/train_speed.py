@@ -1,6 +1,6 @@
 """Time a full `manage.py train` run to the target accuracy, as a user would run it.
 
-    .venv/bin/python benchmarks/train_speed.py [--device auto] [--target 0.995] [-- TRAIN ARGS]
+    .venv/bin/python -m benchmarks.train_speed [--device auto] [--target 0.995] [-- TRAIN ARGS]
 
 Runs the real command (default options unless more are given after `--`) into a temporary
 directory, so the shipped weights are never touched, and prints wall time, training time, images
@@ -10,7 +10,6 @@ often shared, and a busy machine trains slower.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -20,10 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.paths import add_data_dir  # noqa: E402 - after the path set-up
+from benchmarks import options
 
 
 def cpu_name() -> str:
@@ -37,9 +33,9 @@ def cpu_name() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    add_data_dir(parser)
+    parser = options.parser(__doc__)
+    options.add_device(parser, "auto")
+    options.add_data_dir(parser)
     parser.add_argument(
         "--target", type=float, default=0.995, help="test accuracy to reach (default: 0.995)"
     )
@@ -49,7 +45,9 @@ def main() -> int:
         default=None,
         help="time limit to judge against (default: 300 on the CPU, 15 on CUDA)",
     )
-    parser.add_argument("train_args", nargs="*", help="more `manage.py train` options, after --")
+    parser.add_argument(
+        "train_args", nargs="*", help="more `manage.py train` options, after -- (default: none)"
+    )
     args = parser.parse_args()
 
     import torch  # after argument parsing: --help stays fast
@@ -58,7 +56,7 @@ def main() -> int:
         output = Path(folder) / "bench.safetensors"
         command = [
             sys.executable,
-            str(ROOT / "manage.py"),
+            str(options.ROOT / "manage.py"),
             "train",
             "--device",
             args.device,
@@ -71,7 +69,7 @@ def main() -> int:
         ]
         load_before = os.getloadavg()
         started = time.perf_counter()
-        finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        finished = subprocess.run(command, cwd=options.ROOT, capture_output=True, text=True)
         wall = time.perf_counter() - started
         load_after = os.getloadavg()
         if finished.returncode != 0:

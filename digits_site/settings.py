@@ -73,7 +73,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    # The training and serving commands (train, train_detector, evaluate, runstack), and the history
+    # of the corrections table from before it was an app of its own (classifier/migrations/).
     "classifier",
+    # The users' corrections: the table, its admin and the commands that review and retrain on them.
+    "classifier.corrections",
     "frontend",
 ]
 
@@ -191,7 +195,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Publishing fails fast when Redis is gone (the client gets `unavailable`) rather than waiting on
 # a dead connection (kombu's default socket timeout is none); the web process's own publisher
 # (classifier.transport.publisher) takes the same timeouts.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 10, "socket_connect_timeout": 2}
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, float] = {
+    "socket_timeout": 10,
+    "socket_connect_timeout": 2,
+}
 # Requests are plain data; nothing a client can influence is ever unpickled.
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"

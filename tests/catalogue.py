@@ -23,8 +23,8 @@ from typing import Any
 
 from PIL import Image
 
-from classifier.ml.canvas import render_template_png
 from classifier.ml.input import MAX_IMAGE_BYTES, MAX_IMAGE_SIDE, MAX_INK_POINTS, MAX_INK_STROKES
+from classifier.ml.training.canvas import render_template_png
 from classifier.serving import protocol
 from tests.helpers import data_url
 
@@ -124,7 +124,7 @@ def encoded(image: Image.Image, fmt: str) -> bytes:
 
 @functools.cache
 def digit_png(digit: int, size: int = 384) -> bytes:
-    """A digit drawn with pen strokes as the page draws them (classifier.ml.canvas)."""
+    """A digit drawn with pen strokes as the page draws them (classifier.ml.training.canvas)."""
     return render_template_png(digit, size=size)
 
 

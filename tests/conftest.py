@@ -21,8 +21,8 @@ import pytest
 import redis
 from django.conf import settings
 
-from classifier.ml.data import MNIST_FILES, MnistData, Split, load_mnist, raw_dir
-from digits_site.devstack import EmbeddedRedis
+from classifier.management.devstack import EmbeddedRedis
+from classifier.ml.training.data import MNIST_FILES, MnistData, Split, load_mnist, raw_dir
 from tests.helpers import MACHINE_REDIS, Stack, delete_queue, service_env, shipped_weights
 
 _running_stacks: list[Stack] = []

@@ -26,11 +26,11 @@ import websockets
 from django.conf import settings
 from PIL import Image
 
-from classifier.ml.canvas import TEMPLATES, render_template
-from classifier.ml.outliers import fonts_for
+from classifier.management.devstack import free_port, stop_process, web_argv, worker_argv
+from classifier.ml.training.alphabets import fonts_for
+from classifier.ml.training.canvas import TEMPLATES, render_template
 from classifier.serving import protocol
 from classifier.serving.protocol import PREDICT_PATH
-from digits_site.devstack import free_port, stop_process, web_argv, worker_argv
 
 REPO = Path(__file__).resolve().parents[1]
 MACHINE_REDIS = "redis://127.0.0.1:6379/0"
@@ -170,7 +170,7 @@ class Stack:
         assert self.sqlite_path is not None, "the stack's database is not SQLite"
         with contextlib.closing(sqlite3.connect(self.sqlite_path)) as db:
             db.row_factory = sqlite3.Row
-            rows = db.execute("SELECT * FROM classifier_correction ORDER BY id").fetchall()
+            rows = db.execute("SELECT * FROM corrections_correction ORDER BY id").fetchall()
         return [dict(row) for row in rows]
 
     def start_worker(self, timeout: float = WORKER_START_TIMEOUT) -> None:
@@ -281,7 +281,7 @@ def render_digit_png(
 
     The `index`-th MNIST test image of it, scaled up smoothly, when MNIST is at hand; else (a
     clone with no dataset beside it) the `index`-th stroke template of it drawn with a round
-    brush (classifier.ml.canvas), so that the service's tests need no dataset.
+    brush (classifier.ml.training.canvas), so that the service's tests need no dataset.
     """
     mnist = mnist_test_digit(digit, index)
     if mnist is None:

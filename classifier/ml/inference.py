@@ -13,6 +13,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -34,11 +35,13 @@ __all__ = ["Predictor", "Scored", "WeightsError", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
+_Module = TypeVar("_Module", bound=nn.Module)
+
 # Batch sizes `warm_up` runs once, so the first real requests do not pay for kernel selection.
 WARM_UP_BATCHES = (1, 8, 64)
 
 
-def optimise_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
+def optimise_for_inference(model: _Module, device: torch.device) -> _Module:
     """The model on `device`, ready to serve: each batch norm folded into the convolution before
     it, weights in channels-last layout (the layout the training loop also uses).
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from classifier.ml.canvas import compose, draw_mask
+from classifier.ml.brush import compose, draw_mask
 from classifier.ml.ink import Ink, page_curve
 from classifier.ml.input import MAX_NUMBER_DIGITS, EmptyImageError, TooManyDigitsError
 from classifier.ml.rasterizer import rasterize
@@ -83,8 +83,8 @@ SPLIT_COST = 1.5
 # same band of the line, a 4's tail or a 7's bar does not) - JOIN_GAP * (the gap between them, in
 # heights) - JOIN_TALL * (the stroke's height, in heights: a bar or a flag is short). Fitted
 # (logistic regression, 98.8% of pairs right) on the consecutive strokes of numbers composed of
-# the pen digits' writers 1-10 (classifier.ml.ink_numbers); held at most JOIN_MAX either way and
-# weighed JOIN_WEIGHT against the classifier's log-probabilities.
+# the pen digits' writers 1-10 (classifier.ml.training.ink_numbers); held at most JOIN_MAX either
+# way and weighed JOIN_WEIGHT against the classifier's log-probabilities.
 JOIN_BIAS = -2.2
 JOIN_SHARE = 4.6
 JOIN_BAND = 3.1
@@ -215,7 +215,9 @@ class InkSegmentation:
         chosen: list[Digit] = []
         j = n
         while j > 0:
-            start, digits = back[j]
+            step = back[j]
+            assert step is not None  # every end the best path reaches has its step back
+            start, digits = step
             chosen += digits
             j = start
         if len(chosen) > MAX_NUMBER_DIGITS:
@@ -328,12 +330,12 @@ def _runs(strokes: list[_Stroke], height: float) -> list[tuple[int, int, float]]
     """Candidate runs (start, stop, price) of up to MAX_RUN consecutive strokes, single strokes
     first, at most MAX_CANDIDATES."""
     n = len(strokes)
-    out = [(i, i + 1, _price(strokes[i : i + 1], height)) for i in range(n)]
-    for length in range(2, MAX_RUN + 1):
+    out: list[tuple[int, int, float]] = []
+    for length in range(1, MAX_RUN + 1):
         for i in range(n - length + 1):
-            if len(out) >= MAX_CANDIDATES:
+            if length > 1 and len(out) >= MAX_CANDIDATES:
                 return out
-            price = _price(strokes[i : i + length], height)
+            price = _price(strokes[i : i + length], height)  # never None for one stroke
             if price is not None:
                 out.append((i, i + length, price))
     return out
@@ -394,7 +396,7 @@ def _wide_blocks(strokes: list[_Stroke], height: float) -> list[tuple[int, int]]
     with the short strokes drawn right before or after it that lie over it."""
     wide = [i for i, s in enumerate(strokes) if s.width > WIDE_STROKE * height]
     wide = sorted(sorted(wide, key=lambda i: -strokes[i].width)[:MAX_PICTURES])
-    blocks = []
+    blocks: list[tuple[int, int]] = []
     for i in wide:
         s = strokes[i]
         start, stop = i, i + 1
@@ -456,8 +458,8 @@ def segment_ink(ink: Ink, device=None) -> InkSegmentation:
     _check_count(strokes, height)
     if len(strokes) > MAX_STROKES:
         picture = _picture(strokes, 0, len(strokes), height, 0)
-        crops = np.stack([c.image for c in picture.segmentation.crops])
-        return InkSegmentation(crops, height, len(strokes), pictures=[picture])
+        whole = np.stack([c.image for c in picture.segmentation.crops])
+        return InkSegmentation(whole, height, len(strokes), pictures=[picture])
     candidates = _runs(strokes, height)
     images = rasterize(
         [tuple(ink[s.index] for s in strokes[a:b]) for a, b, _ in candidates], device

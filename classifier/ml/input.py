@@ -38,6 +38,14 @@ MAX_INK_COORDINATE = 1e6
 # country code, or an IBAN's check digits, fit; a page of scribbles does not.
 MAX_NUMBER_DIGITS = 12
 
+# --- What the model answers, and the name of the model that answered ----------------------------
+
+# The digits a label (and a model's answer) may be.
+DIGITS = range(10)
+# The longest model version a client may name (the page sends back what it was told) and a
+# stored correction keeps.
+MAX_MODEL_LENGTH = 128
+
 
 # --- Why an image cannot be read ------------------------------------------------------------------
 # The serving layer turns each into the code a client sees (classifier.serving.protocol).

@@ -139,8 +139,8 @@ class DigitsCNN(nn.Module):
     (flattened) and the second stage's (pooled), and the ten logits, and scores whether the
     image is a digit at all; with `detector_channels` it also reads a small convolutional
     branch of its own on the input (`detector_convs`). Both are trained on their own with the
-    rest frozen (`classifier.ml.detector`), so the ten logits are those of the network without
-    them; a training run with `detector_weight` trains the head with the network instead.
+    rest frozen (`classifier.ml.training.detector`), so the ten logits are those of the network
+    without them.
     """
 
     def __init__(self, config: ModelConfig | None = None):
@@ -243,7 +243,7 @@ def model_config(architecture: str) -> ModelConfig:
         raise ValueError(f"Unknown architecture {architecture!r}; known: {known}.") from None
 
 
-def build_model(architecture: str | ModelConfig = ARCHITECTURE) -> nn.Module:
+def build_model(architecture: str | ModelConfig = ARCHITECTURE) -> DigitsCNN:
     """A freshly initialised network: of a named architecture, or of an explicit config."""
     config = architecture if isinstance(architecture, ModelConfig) else model_config(architecture)
     return DigitsCNN(config)

@@ -17,12 +17,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from classifier.ml.report import report_paths
 from classifier.ml.weights import (
     SIDECAR_SUFFIX,
     WeightsError,
     atomic_write,
     read_metadata,
+    report_paths,
     save_weights,
     sidecar_path,
 )

@@ -311,7 +311,10 @@ def _groups(small: np.ndarray) -> tuple[np.ndarray, list[_Group]]:
         raise EmptyImageError("The image is blank: draw a number first.")
     count = len(boxes)
     masses = np.bincount(labels.ravel(), weights=small.ravel(), minlength=count + 1)[1:]
-    groups = [_Group([k + 1], *box, float(masses[k])) for k, box in enumerate(boxes)]
+    groups = [
+        _Group([k + 1], x0, y0, x1, y1, float(masses[k]))
+        for k, (x0, y0, x1, y1) in enumerate(boxes)
+    ]
     total = float(masses.sum())
     tallest = max(g.height for g in groups)
     groups = [

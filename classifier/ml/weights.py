@@ -29,6 +29,9 @@ from classifier.ml.rejection import Rejection
 # Marks a file as written by this project, and the layout of its metadata.
 WEIGHTS_FORMAT = "digits-weights/1"
 SIDECAR_SUFFIX = ".json"
+# A training run's report beside its weights (classifier.ml.training.report): figures and plots.
+REPORT_JSON_SUFFIX = ".report.json"
+REPORT_PNG_SUFFIX = ".report.png"
 # Safetensors header length is a little-endian u64; refuse absurd headers before reading them.
 _MAX_HEADER_BYTES = 16 * 1024 * 1024
 
@@ -40,6 +43,16 @@ class WeightsError(Exception):
 def sidecar_path(path: Path | str) -> Path:
     path = Path(path)
     return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def report_paths(weights_path: Path | str) -> tuple[Path, Path]:
+    """`digits-cnn.safetensors` -> `digits-cnn.report.json`, `digits-cnn.report.png`."""
+    weights_path = Path(weights_path)
+    stem = weights_path.with_suffix("")
+    return (
+        stem.with_name(stem.name + REPORT_JSON_SUFFIX),
+        stem.with_name(stem.name + REPORT_PNG_SUFFIX),
+    )
 
 
 def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
@@ -86,7 +99,7 @@ def config_from_metadata(metadata: dict) -> ModelConfig:
         if not isinstance(metadata["model_args"], dict):
             raise ValueError(f"bad model arguments {metadata['model_args']!r}")
         return ModelConfig.from_dict(metadata["model_args"])
-    return model_config(metadata.get("architecture"))
+    return model_config(str(metadata.get("architecture")))
 
 
 def rejection_from_metadata(metadata: dict) -> Rejection | None:

@@ -8,14 +8,14 @@ Each builds an error frame (protocol.error) from the settings in force.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from django.conf import settings
 
 from classifier.serving import protocol
+from classifier.serving.messages import PREDICTION, ErrorFrame, ServerFrame
 
 
-def rate_limited(request_id: str | None) -> dict[str, Any]:
+def rate_limited(request_id: str | None) -> ErrorFrame:
     """Over the token bucket (DIGITS_RATE_LIMIT, DIGITS_RATE_BURST)."""
     return protocol.error(
         request_id,
@@ -25,7 +25,7 @@ def rate_limited(request_id: str | None) -> dict[str, Any]:
     )
 
 
-def too_many_in_flight(request_id: str | None, where: str) -> dict[str, Any]:
+def too_many_in_flight(request_id: str | None, where: str) -> ErrorFrame:
     """Over DIGITS_MAX_IN_FLIGHT; `where` says whose requests count ("on this connection")."""
     return protocol.error(
         request_id,
@@ -35,7 +35,7 @@ def too_many_in_flight(request_id: str | None, where: str) -> dict[str, Any]:
     )
 
 
-def no_worker(request_id: str | None) -> dict[str, Any]:
+def no_worker(request_id: str | None) -> ErrorFrame:
     return protocol.error(
         request_id,
         protocol.UNAVAILABLE,
@@ -43,7 +43,7 @@ def no_worker(request_id: str | None) -> dict[str, Any]:
     )
 
 
-def not_queued(request_id: str | None) -> dict[str, Any]:
+def not_queued(request_id: str | None) -> ErrorFrame:
     """The publish failed (Redis unreachable, typically)."""
     return protocol.error(
         request_id,
@@ -52,7 +52,7 @@ def not_queued(request_id: str | None) -> dict[str, Any]:
     )
 
 
-def lost(request_id: str | None) -> dict[str, Any]:
+def lost(request_id: str | None) -> ErrorFrame:
     """The channel layer lost Redis while the request was in flight: its answer cannot come."""
     return protocol.error(
         request_id,
@@ -61,7 +61,7 @@ def lost(request_id: str | None) -> dict[str, Any]:
     )
 
 
-def timed_out(request_id: str | None) -> dict[str, Any]:
+def timed_out(request_id: str | None) -> ErrorFrame:
     return protocol.error(
         request_id,
         protocol.TIMEOUT,
@@ -69,9 +69,9 @@ def timed_out(request_id: str | None) -> dict[str, Any]:
     )
 
 
-def stamp_server_time(frame: dict[str, Any], received: float) -> dict[str, Any]:
+def stamp_server_time(frame: ServerFrame, received: float) -> ServerFrame:
     """Add `timings_ms.server` (since `received`, a time.perf_counter()) to a worker's answer
-    that has timings; returns the frame."""
-    if "timings_ms" in frame:
+    that has timings (a prediction); returns the frame."""
+    if frame["type"] == PREDICTION:
         frame["timings_ms"]["server"] = round((time.perf_counter() - received) * 1000, 3)
     return frame

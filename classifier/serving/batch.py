@@ -4,11 +4,13 @@ Plain functions over the ML core, with no Celery or channel layer: the worker (c
 .worker) hands each batch here and sends what comes back. The timings go to the worker's metrics
 (classifier.serving.metrics) as well as into each prediction frame.
 
-A batch mixes predictions and feedback (corrections; `kind` in the task kwargs, a missing kind
-meaning predict): a feedback image is preprocessed and scored with the others, in the same model
-call, so the correction is stored with what the served model says of it; then it is stored
-(`classifier.corrections.save_correction`, the worker's one use of the database) and answered
-`feedback_saved`. A storage failure answers that request `internal` and nothing else.
+Each request's task kwargs are read once, into a `messages.Task` (which holds the defaults of
+what a message may leave out). A batch mixes predictions and feedback (corrections; `kind` in
+the task kwargs, a missing kind meaning predict): a feedback image is preprocessed and scored
+with the others, in the same model call, so the correction is stored with what the served model
+says of it; then it is stored (`classifier.corrections.store.save_correction`, the worker's one
+use of the database) and answered `feedback_saved`. A storage failure answers that request
+`internal` and nothing else.
 
 A predict with `"expect": "number"` is cut into candidate digits (classifier.ml.segmentation)
 while it is preprocessed; its crops join the batch's one model call with every other request's
@@ -35,13 +37,22 @@ import torch
 
 from classifier.ml import ink as inks
 from classifier.ml.inference import Predictor
-from classifier.ml.ink_segmentation import segment_ink
+from classifier.ml.ink_segmentation import InkSegmentation, segment_ink
 from classifier.ml.input import ImageError
 from classifier.ml.preprocessing import decode_image, encode_preview, preprocess
 from classifier.ml.rasterizer import rasterize
 from classifier.ml.segmentation import Segmentation, segment
 from classifier.serving import metrics, protocol
-from classifier.serving.protocol import EXPECT_DIGIT, EXPECT_NUMBER, FEEDBACK, PREDICT
+from classifier.serving.messages import (
+    EXPECT_DIGIT,
+    EXPECT_NUMBER,
+    FEEDBACK,
+    AnswerMessage,
+    Drawing,
+    InkLists,
+    ServerFrame,
+    Task,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +62,7 @@ class Answer:
     """One answer to send: to which consumer channel, and the channel-layer message."""
 
     channel: str
-    message: dict[str, Any]
+    message: AnswerMessage
 
 
 @dataclass(frozen=True)
@@ -63,13 +74,14 @@ class Prepared:
     error: Exception | None = None
     # The image file as sent (the base64 decoded once): what a correction stores.
     raw: bytes = b""
-    # A number's candidate digits (then `image` is None).
-    segmentation: Segmentation | None = None
+    # A number's candidate digits (then `image` is None): cut from its image or by its strokes.
+    segmentation: Segmentation | InkSegmentation | None = None
 
     def images(self) -> np.ndarray:
         """What this request adds to the batch's model call: (N, 28, 28)."""
         if self.segmentation is not None:
             return self.segmentation.images()
+        assert self.image is not None  # prepared without an error
         return self.image[None]
 
 
@@ -105,7 +117,7 @@ def prepare_batch(
     return list(pool.map(prepare, payloads, expects))
 
 
-def prepare_ink_number(strokes: list) -> Prepared:
+def prepare_ink_number(strokes: InkLists) -> Prepared:
     """Cut a number sent as ink into candidate digits by its strokes; never raises."""
     t0 = time.perf_counter()
     try:
@@ -116,7 +128,7 @@ def prepare_ink_number(strokes: list) -> Prepared:
 
 
 def prepare_ink_digits(
-    strokes: Sequence[list], device: torch.device | None = None
+    strokes: Sequence[InkLists], device: torch.device | None = None
 ) -> list[Prepared]:
     """Rasterize every digit of a batch sent as ink in one call (on `device`, a GPU, when
     given); never raises: when the batch's call fails, each ink is drawn alone, so one bad ink
@@ -132,7 +144,7 @@ def prepare_ink_digits(
     return [Prepared(image, ms) for image in images]
 
 
-def _prepare_one_ink(strokes: list) -> Prepared:
+def _prepare_one_ink(strokes: InkLists) -> Prepared:
     t0 = time.perf_counter()
     try:
         image = rasterize([inks.from_lists(strokes)])[0]
@@ -142,48 +154,40 @@ def _prepare_one_ink(strokes: list) -> Prepared:
 
 
 def prepare_items(
-    items: Sequence[Mapping[str, Any]],
+    drawings: Sequence[Mapping[str, Any] | Drawing],
     pool: Executor | None = None,
     device: torch.device | None = None,
 ) -> list[Prepared]:
     """Every request of a batch made ready for the model, in order: images decoded and
     preprocessed (`prepare_batch`), digits sent as ink rasterized together, numbers sent as
-    ink cut by their strokes."""
-    images = [i for i, item in enumerate(items) if "ink" not in item]
-    ink_digits = [
-        i for i, item in enumerate(items) if "ink" in item and item.get("expect") != EXPECT_NUMBER
-    ]
+    ink cut by their strokes. Each is a `messages.Drawing` (a `Task` is one) or its kwargs."""
+    items = [Drawing.read(drawing) for drawing in drawings]
+    images = [i for i, item in enumerate(items) if item.ink is None]
+    inks_of = {i: item.ink for i, item in enumerate(items) if item.ink is not None}
+    ink_digits = [i for i in inks_of if items[i].expect != EXPECT_NUMBER]
     done = dict(
         zip(
             images,
             prepare_batch(
-                [items[i]["image"] for i in images],
-                pool,
-                [items[i].get("expect", EXPECT_DIGIT) for i in images],
+                [items[i].image for i in images], pool, [items[i].expect for i in images]
             ),
             strict=True,
         )
     )
     done.update(
-        zip(
-            ink_digits,
-            prepare_ink_digits([items[i]["ink"] for i in ink_digits], device),
-            strict=True,
-        )
+        zip(ink_digits, prepare_ink_digits([inks_of[i] for i in ink_digits], device), strict=True)
     )
-    return [
-        done[i] if i in done else prepare_ink_number(item["ink"]) for i, item in enumerate(items)
-    ]
+    return [done[i] if i in done else prepare_ink_number(inks_of[i]) for i in range(len(items))]
 
 
 def answer_batch(
-    items: Sequence[Mapping[str, Any]],
+    items: Sequence[Mapping[str, Any] | Task],
     predictor: Predictor,
     now: Callable[[], float] = time.time,
     pool: Executor | None = None,
     ink_device: torch.device | None = None,
 ) -> list[Answer]:
-    """Answers for one batch of task kwargs (see `classifier.serving.publish.submit`).
+    """Answers for one batch of task kwargs (see `classifier.serving.enqueue.submit`).
     `ink_device` is where the batch's ink is rasterized (the worker's GPU; None: the CPU).
 
     Every request is preprocessed on its own, so a bad image gets its own error and never fails
@@ -192,15 +196,16 @@ def answer_batch(
     """
     started = now()
     answers: list[Answer] = []
-    live = []
-    for item in items:
-        metrics.QUEUE_WAIT.observe(max(0.0, started - item["sent_at"]))
-        if item["deadline"] < started:
-            logger.info("Dropped request %r: past its deadline", item["id"])
+    live: list[Task] = []
+    for item in map(Task.read, items):
+        if item.sent_at is not None:
+            metrics.QUEUE_WAIT.observe(max(0.0, started - item.sent_at))
+        if item.deadline < started:
+            logger.info("Dropped request %r: past its deadline", item.id)
             metrics.WORKER_DROPPED.inc()
         else:
             live.append(item)
-    good: list[tuple[Mapping[str, Any], Prepared]] = []
+    good: list[tuple[Task, Prepared]] = []
     prepared_all = prepare_items(live, pool, ink_device)
     for item, prepared in zip(live, prepared_all, strict=True):
         metrics.PREPROCESS.observe(prepared.ms / 1000)
@@ -211,7 +216,7 @@ def answer_batch(
                 _error(item, protocol.image_error_code(prepared.error), str(prepared.error))
             )
         else:
-            logger.error("Preprocessing request %r failed", item["id"], exc_info=prepared.error)
+            logger.error("Preprocessing request %r failed", item.id, exc_info=prepared.error)
             answers.append(_error(item, protocol.INTERNAL, "The image could not be processed."))
     if not good:
         return answers
@@ -237,11 +242,11 @@ def answer_batch(
     for (item, prepared), end, stack in zip(good, ends, stacks, strict=True):
         probs = scores.probabilities[end - len(stack) : end]
         is_digit = scores.is_digit[end - len(stack) : end]
-        if item.get("kind", PREDICT) == FEEDBACK:
+        if item.kind == FEEDBACK:
             answers.append(_store(item, prepared, probs[0], version))
             continue
         timings = {
-            "queue": max(0.0, (started - item["sent_at"]) * 1000),
+            "queue": 0.0 if item.sent_at is None else max(0.0, (started - item.sent_at) * 1000),
             "preprocess": prepared.ms,
             "inference": inference_ms,
             "worker": (now() - started) * 1000,
@@ -251,8 +256,9 @@ def answer_batch(
                 _number(item, prepared.segmentation, probs, is_digit, version, timings, scored)
             )
             continue
+        assert prepared.image is not None  # a digit's, prepared without an error
         frame = protocol.prediction(
-            item["id"],
+            item.id,
             probs[0],
             version,
             encode_preview(prepared.image),
@@ -265,8 +271,8 @@ def answer_batch(
 
 
 def _number(
-    item: Mapping[str, Any],
-    segmentation: Segmentation,
+    item: Task,
+    segmentation: Segmentation | InkSegmentation,
     probabilities: np.ndarray,
     is_digit: np.ndarray,
     version: str,
@@ -285,36 +291,39 @@ def _number(
         )
         for d in digits
     ]
-    frame = protocol.number_prediction(item["id"], entries, version, timings, batch=scored)
+    frame = protocol.number_prediction(item.id, entries, version, timings, batch=scored)
     return _answer(item, frame)
 
 
 def _store(
-    item: Mapping[str, Any], prepared: Prepared, probabilities: np.ndarray, version: str
+    item: Mapping[str, Any] | Task, prepared: Prepared, probabilities: np.ndarray, version: str
 ) -> Answer:
     """Store one correction with what the model said of its image; its answer either way."""
+    item = Task.read(item)
     # Imported on first use: the Django app's ORM, which only a worker that stores feedback
     # needs (and Django is set up in the worker process).
     from django.conf import settings
 
-    from classifier.corrections import FeedbackLimit, save_correction
+    from classifier.corrections.store import FeedbackLimit, save_correction
 
     probs = [float(p) for p in probabilities]
     predicted = max(range(len(probs)), key=probs.__getitem__)
     try:
+        if item.label is None or prepared.image is None:
+            raise ValueError("A feedback task without its label or its image")
         _row, created = save_correction(
             image=prepared.raw,
-            media_type="" if "ink" in item else item.get("media_type", "image/png"),
-            ink=item.get("ink"),
+            media_type="" if item.ink is not None else item.media_type,
+            ink=item.ink,
             image28=prepared.image,
-            label=item["label"],
+            label=item.label,
             predicted=predicted,
             confidence=probs[predicted],
             probabilities=probs,
             model_version=version,
-            client_predicted=item.get("client_predicted"),
-            client_model=item.get("client_model"),
-            client_hash=item.get("client_hash", ""),
+            client_predicted=item.client_predicted,
+            client_model=item.client_model,
+            client_hash=item.client_hash,
             per_hour=settings.DIGITS_FEEDBACK_PER_HOUR,
         )
     except FeedbackLimit as exc:
@@ -325,16 +334,16 @@ def _store(
             "may send; please try again later.",
         )
     except Exception:
-        logger.exception("Storing the correction of request %r failed", item["id"])
+        logger.exception("Storing the correction of request %r failed", item.id)
         return _error(
             item, protocol.INTERNAL, "The correction could not be saved; please try again."
         )
-    return _answer(item, protocol.feedback_saved(item["id"], duplicate=not created))
+    return _answer(item, protocol.feedback_saved(item.id, duplicate=not created))
 
 
-def _answer(item: Mapping[str, Any], frame: dict[str, Any]) -> Answer:
-    return Answer(item["reply_channel"], protocol.answer_message(item["ticket"], frame))
+def _answer(item: Task, frame: ServerFrame) -> Answer:
+    return Answer(item.reply_channel, protocol.answer_message(item.ticket, frame))
 
 
-def _error(item: Mapping[str, Any], code: str, message: str) -> Answer:
-    return _answer(item, protocol.error(item["id"], code, message))
+def _error(item: Task, code: str, message: str) -> Answer:
+    return _answer(item, protocol.error(item.id, code, message))

@@ -6,7 +6,7 @@ touches the database (the worker stores corrections); it only adds the salted ha
 client's address (`client_hash`), computed once per socket, so that no address is stored.
 
 It never runs the model and never blocks the event loop: a valid request is queued for the
-workers without blocking (classifier.serving.publish), and the answer arrives later as a
+workers without blocking (classifier.serving.enqueue), and the answer arrives later as a
 channel-layer message on this consumer's own channel. Every accepted request is answered exactly
 once: with the worker's answer, or with a `timeout` error at its deadline (channels_redis may drop
 a message: a full channel, or one older than its expiry; a worker may die mid-batch), or with
@@ -33,12 +33,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from channels.consumer import get_handler_name
-from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from classifier.serving import answers, metrics, presence, protocol, publish
+from classifier.serving import answers, enqueue, metrics, presence, protocol
 from classifier.serving.limits import ConnectionCounter, TokenBucket
+from classifier.serving.messages import AnswerMessage, ServerFrame
+from classifier.transport.consumer import DatabaseFreeWebsocketConsumer
 
 logger = logging.getLogger(__name__)
 
@@ -67,21 +67,13 @@ def client_hash(address: str) -> str:
     return hashlib.sha256(f"{salt}{address}".encode()).hexdigest()
 
 
-class PredictConsumer(AsyncWebsocketConsumer):
+# Channels' consumer without its database hop before every message (classifier/transport/
+# consumer.py): this consumer never uses the database.
+class PredictConsumer(DatabaseFreeWebsocketConsumer):
     # The seams to the rest of the service, replaceable in tests: how a request is queued (a
     # coroutine that returns once the broker holds it) and who says whether a worker is alive.
-    queue_request = staticmethod(publish.submit)
+    queue_request = staticmethod(enqueue.submit)
     worker_presence = staticmethod(presence.from_settings)
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        """Channels' dispatch minus its `close_old_connections` before every message: a hop to
-        a worker thread and back, twice per request, for a database the consumer never uses (the
-        workers store corrections; benchmarks/load.py: about 1 ms of the web process's CPU per
-        request)."""
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
 
     async def connect(self) -> None:
         # Tickets, not client ids, key the requests in flight: a client may reuse an id.
@@ -164,7 +156,7 @@ class PredictConsumer(AsyncWebsocketConsumer):
             logger.warning("Could not queue request %r: %r", request.id, exc)
             await self._finish(ticket, answers.not_queued(request.id))
 
-    async def digits_answer(self, event: dict[str, Any]) -> None:
+    async def digits_answer(self, event: AnswerMessage) -> None:
         """A worker's answer (protocol.ANSWER_MESSAGE) for one of this socket's requests."""
         frame = event["frame"]
         pending = self._pending.get(event["ticket"])
@@ -186,7 +178,7 @@ class PredictConsumer(AsyncWebsocketConsumer):
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
 
-    async def _finish(self, ticket: int, frame: dict[str, Any]) -> None:
+    async def _finish(self, ticket: int, frame: ServerFrame) -> None:
         """Answer a request once: whatever comes second (a late answer, a deadline) is dropped."""
         pending = self._pending.pop(ticket, None)
         if pending is None:
@@ -200,7 +192,7 @@ class PredictConsumer(AsyncWebsocketConsumer):
         """Refuse a request at once (never queued); `received` is when its frame arrived."""
         await self._answer(protocol.error(request_id, code, message), received, queued=False)
 
-    async def _answer(self, frame: dict[str, Any], received: float, queued: bool) -> None:
+    async def _answer(self, frame: ServerFrame, received: float, queued: bool) -> None:
         """Send one answer frame, and count it: the one place every answer is counted."""
         await self.send(text_data=protocol.encode(frame))
         elapsed = time.perf_counter() - received

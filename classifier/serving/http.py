@@ -3,7 +3,7 @@
 `POST /api/v1/predict` takes a JSON body (`{"image": "data:..."}` or `{"ink": [...]}`, with an
 optional `"expect"`) or a multipart form (the file in the field `image`), checks it with the
 socket's own `protocol.parse_message` under an id of the server's, and queues it exactly as the
-consumer does (`publish.submit`, the inference queue, a worker); the worker's answer comes back
+consumer does (`enqueue.submit`, the inference queue, a worker); the worker's answer comes back
 over the channel layer and is the response's body, with the status its code maps to
 (classifier.serving.schemas.status_for). The web process never runs the model.
 `GET /api/v1/openapi.json` and `/api/v1/asyncapi.json` serve the documents of schemas.py.
@@ -50,9 +50,10 @@ from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.files.uploadhandler import MemoryFileUploadHandler
 from django.http.multipartparser import MultiPartParser, MultiPartParserError
 
-from classifier.serving import answers, metrics, presence, protocol, publish, schemas
+from classifier.serving import answers, enqueue, metrics, presence, protocol, schemas
 from classifier.serving.consumers import ink_limits
 from classifier.serving.limits import ConnectionCounter, TokenBucket
+from classifier.serving.messages import ErrorFrame, PredictFrame, ServerFrame
 from classifier.transport.channel_layer import LAYER_LOST
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class _Replies:
     """The channel-layer channel of one event loop's HTTP requests, and the task reading it."""
 
     channel: str
-    pending: dict[int, asyncio.Future[dict[str, Any] | str]] = field(default_factory=dict)
+    pending: dict[int, asyncio.Future[ServerFrame | str]] = field(default_factory=dict)
     reader: asyncio.Task[None] | None = None
 
     async def read(self, layer: Any) -> None:
@@ -110,7 +111,7 @@ class _Replies:
             for ticket in list(self.pending):
                 self.resolve(ticket, _LOST)
 
-    def resolve(self, ticket: Any, result: dict[str, Any] | str | None) -> None:
+    def resolve(self, ticket: Any, result: ServerFrame | str | None) -> None:
         future = self.pending.get(ticket)
         if future is not None and not future.done() and result is not None:
             future.set_result(result)
@@ -216,7 +217,7 @@ def _media_type(data: bytes, declared: str | None) -> str:
     return (declared or "application/octet-stream").split(";", 1)[0].strip().lower()
 
 
-def form_frame(content_type: str, body: bytes, request_id: str) -> dict[str, Any]:
+def form_frame(content_type: str, body: bytes, request_id: str) -> PredictFrame:
     """A predict frame from a multipart form: the file (or a data URL) in `image`, `expect`
     optional. The file becomes a data URL of the type its first bytes say (else its part's
     declared type), so `parse_message` checks it as it checks a socket's image."""
@@ -232,7 +233,7 @@ def form_frame(content_type: str, body: bytes, request_id: str) -> dict[str, Any
         raise protocol.ProtocolError(
             schemas.BAD_FORM, f"The form could not be read: {str(exc)[:200]}", request_id
         ) from None
-    frame: dict[str, Any] = {"type": protocol.PREDICT, "id": request_id}
+    frame: PredictFrame = {"type": protocol.PREDICT, "id": request_id}
     if "expect" in fields:
         frame["expect"] = fields["expect"]
     upload = files.get("image")
@@ -273,7 +274,7 @@ class PredictApi:
     """The ASGI application of every path under schemas.API_ROOT (one per web process)."""
 
     # The seams to the rest of the service, replaceable in tests, as the consumer's are.
-    queue_request = staticmethod(publish.submit)
+    queue_request = staticmethod(enqueue.submit)
     worker_presence = staticmethod(presence.from_settings)
 
     def __init__(self) -> None:
@@ -326,11 +327,8 @@ class PredictApi:
         client = scope.get("client")
         address = str(client[0]) if client else "unknown"
 
-        async def answer(frame: dict[str, Any], queued: bool, extra: Headers | None = None) -> None:
-            if frame.get("type") == protocol.ERROR:
-                status = schemas.status_for(frame["code"])
-            else:
-                status = 200
+        async def answer(frame: ServerFrame, queued: bool, extra: Headers | None = None) -> None:
+            status = schemas.status_for(frame["code"]) if frame["type"] == protocol.ERROR else 200
             body = protocol.encode(frame).encode()
             own = [(b"x-request-id", request_id.encode()), *(extra or [])]
             await _send(send, status, body, cors + own)
@@ -385,8 +383,8 @@ class PredictApi:
             return
 
         if not self._clients.in_flight.acquire(address, settings.DIGITS_MAX_IN_FLIGHT):
-            frame = answers.too_many_in_flight(request_id, "from your address")
-            await answer(frame, False, [(b"retry-after", b"1")])
+            crowded = answers.too_many_in_flight(request_id, "from your address")
+            await answer(crowded, False, [(b"retry-after", b"1")])
             return
         try:
             if not await self.worker_presence().available():
@@ -396,7 +394,7 @@ class PredictApi:
         finally:
             self._clients.in_flight.release(address)
 
-    def _refuse_key(self, authorization: str | None, request_id: str) -> dict[str, Any] | None:
+    def _refuse_key(self, authorization: str | None, request_id: str) -> ErrorFrame | None:
         """The 401 or 403 answer when DIGITS_API_KEYS is set and the request's key is missing or
         none of them; None when it may go on."""
         keys = settings.DIGITS_API_KEYS
@@ -416,7 +414,7 @@ class PredictApi:
             return protocol.error(request_id, schemas.FORBIDDEN, "That API key is not valid.")
         return None
 
-    async def _queue(self, request: protocol.Request, received: float) -> dict[str, Any]:
+    async def _queue(self, request: protocol.Request, received: float) -> ServerFrame:
         """Queue a checked request and wait for its answer, or its deadline."""
         loop = asyncio.get_running_loop()
         try:
@@ -427,7 +425,7 @@ class PredictApi:
         timeout = settings.DIGITS_REQUEST_TIMEOUT
         remaining = max(0.0, timeout - (time.perf_counter() - received))
         ticket = next(self._tickets)
-        future: asyncio.Future[dict[str, Any] | str] = loop.create_future()
+        future: asyncio.Future[ServerFrame | str] = loop.create_future()
         replies.pending[ticket] = future
         timer = loop.call_later(remaining, replies.resolve, ticket, _TIMED_OUT)
         try:

@@ -8,7 +8,7 @@ process, platform and garbage-collector series.
 The web process counts every answer frame sent for a request in one place
 (`PredictConsumer._answer`, through `web_answered`), so the sum of `digits_requests_total` over
 its outcomes is exactly the number of requests answered. The queue depth and the live workers
-are read from Redis when `/metrics` is scraped (digits_site/metrics.py), never cached.
+are read from Redis when `/metrics` is scraped (classifier/serving/status.py), never cached.
 
 A worker observes its batches (classifier.serving.batch), its answers (classifier.serving
 .worker) and its model swaps, and serves them on its own small HTTP server

@@ -25,7 +25,8 @@ Server → client::
     {"type": "feedback_saved", "id": ..., "duplicate": false}
     {"type": "error", "id": ... or null, "code": "<short code>", "message": "<a sentence>"}
 
-This module is the one home of the frame shapes, the error codes and the limits on a frame. It
+This module is the one home of the error codes and the limits on a frame, and builds the server's
+frames (their shapes, typed, and the names of their types are classifier.serving.messages'). It
 checks what can be checked without decoding pixels (the consumer runs it on the event loop, so it
 must stay cheap); decoding the image is the worker's job and fails with the codes of
 `classifier.ml.preprocessing`.
@@ -38,15 +39,17 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from classifier.ml.input import (
+    DIGITS,
     MAX_IMAGE_BYTES,
     MAX_INK_COORDINATE,
     MAX_INK_POINTS,
     MAX_INK_STROKES,
+    MAX_MODEL_LENGTH,
     MAX_NUMBER_DIGITS,
     EmptyImageError,
     ImageError,
@@ -54,23 +57,33 @@ from classifier.ml.input import (
     InvalidImageError,
     TooManyDigitsError,
 )
+from classifier.serving.messages import (
+    ANSWER_MESSAGE,
+    ERROR,
+    EXPECT_DIGIT,
+    EXPECT_NUMBER,
+    FEEDBACK,
+    FEEDBACK_SAVED,
+    PREDICT,
+    PREDICTION,
+    AnswerMessage,
+    ErrorFrame,
+    Expect,
+    FeedbackSavedFrame,
+    InkLists,
+    Kind,
+    NumberDigit,
+    NumberPredictionFrame,
+    PredictionFrame,
+    ServerFrame,
+)
 
 # The websocket's path, below the site's root (classifier.serving.routing mounts it there; the
 # page opens its socket at "/" + PREDICT_PATH).
 PREDICT_PATH = "ws/predict/"
 
-# --- Frame types ---------------------------------------------------------------------------------
+# --- Frame types (messages.PREDICT, ...) and what a predict reads (its `expect`) -----------------
 
-PREDICT = "predict"
-FEEDBACK = "feedback"
-PREDICTION = "prediction"
-FEEDBACK_SAVED = "feedback_saved"
-ERROR = "error"
-
-# --- What a predict reads (its `expect`) ---------------------------------------------------------
-
-EXPECT_DIGIT = "digit"  # one digit: the answer has `digit`, `confidence`, `probabilities`
-EXPECT_NUMBER = "number"  # several digits in a row: the answer has `number` and `digits`
 EXPECTS = (EXPECT_DIGIT, EXPECT_NUMBER)
 
 # --- Error codes (the `code` of an error frame) ------------------------------------------------
@@ -115,10 +128,8 @@ CLOSE_TOO_MANY_CONNECTIONS = 4429
 # --- Limits --------------------------------------------------------------------------------------
 
 MAX_ID_LENGTH = 128
-# The longest model version a feedback frame may name (the page sends back what it was told).
-MAX_MODEL_LENGTH = 128
-# The digits a label (and a model's answer) may be.
-DIGITS = range(10)
+# MAX_MODEL_LENGTH (the longest model version a feedback frame may name) and DIGITS (the digits a
+# label and a model's answer may be) are the ML core's (classifier.ml.input), imported above.
 # Media types a data URL may name, as `canvas.toDataURL()` and image files spell them.
 ACCEPTED_MEDIA_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/webp"})
 # Other spellings of an accepted type, and the one name a request carries for it (a correction
@@ -171,8 +182,6 @@ class InkLimits:
 
 DEFAULT_INK_LIMITS = InkLimits()
 
-# JSON lists as received: strokes of points of two or three numbers.
-InkLists = list[list[list[float]]]
 _NUMBER_TYPES = frozenset({int, float})
 
 
@@ -182,11 +191,11 @@ class PredictRequest:
     already checked, and `media_type`, the data URL's, lower case, "image/jpg" read as
     "image/jpeg"; an ink request has `ink` (checked against the limits) and both of those empty."""
 
-    kind: ClassVar[str] = PREDICT
+    kind: ClassVar[Kind] = PREDICT
     id: str
     media_type: str
     image: str
-    expect: str = EXPECT_DIGIT
+    expect: Expect = EXPECT_DIGIT
     ink: InkLists | None = None
 
 
@@ -196,7 +205,7 @@ class FeedbackRequest:
     digit that was really drawn (`label`), and, when the client sent them, what it was told:
     the model's digit (`predicted`) and the model's version (`model`)."""
 
-    kind: ClassVar[str] = FEEDBACK
+    kind: ClassVar[Kind] = FEEDBACK
     id: str
     media_type: str
     image: str
@@ -349,15 +358,17 @@ def _is_digit(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value in DIGITS
 
 
-def _parse_expect(value: Any, request_id: str) -> str:
-    if value not in EXPECTS or not isinstance(value, str):
-        raise ProtocolError(
-            BAD_FRAME,
-            'The "expect" must be "digit" (one digit, the default) or "number" (several digits '
-            "in a row).",
-            request_id,
-        )
-    return value
+def _parse_expect(value: Any, request_id: str) -> Expect:
+    if value == EXPECT_DIGIT and isinstance(value, str):
+        return EXPECT_DIGIT
+    if value == EXPECT_NUMBER and isinstance(value, str):
+        return EXPECT_NUMBER
+    raise ProtocolError(
+        BAD_FRAME,
+        'The "expect" must be "digit" (one digit, the default) or "number" (several digits '
+        "in a row).",
+        request_id,
+    )
 
 
 def _parse_label(value: Any, request_id: str) -> int:
@@ -457,13 +468,13 @@ def _parse_image(value: Any, request_id: str) -> tuple[str, str]:
 
 def prediction(
     request_id: str,
-    probabilities: Sequence[float],
+    probabilities: Iterable[float],
     model: str,
     preview: str,
     timings_ms: dict[str, float],
     batch: int = 1,
     is_digit: bool = True,
-) -> dict[str, Any]:
+) -> PredictionFrame:
     """A `prediction` frame; the digit and confidence are read off the probabilities. `batch` is
     how many images the model scored in the same call (for diagnostics). When the model's score
     says the drawing is not a digit (`is_digit` false), `digit` is null; the confidence is
@@ -485,11 +496,11 @@ def prediction(
 
 
 def number_digit(
-    probabilities: Sequence[float],
+    probabilities: Iterable[float],
     box: Sequence[int],
     preview: str,
     is_digit: bool,
-) -> dict[str, Any]:
+) -> NumberDigit:
     """One digit of a number answer: what the model read in the box (x0, y0, x1, y1, in the
     image's pixels, x1 and y1 exclusive), and whether the piece is a digit at all."""
     probs = [round(float(p), 6) for p in probabilities]
@@ -506,11 +517,11 @@ def number_digit(
 
 def number_prediction(
     request_id: str,
-    digits: Sequence[dict[str, Any]],
+    digits: Sequence[NumberDigit],
     model: str,
     timings_ms: dict[str, float],
     batch: int = 1,
-) -> dict[str, Any]:
+) -> NumberPredictionFrame:
     """A `prediction` frame for "expect": "number": the digits (from `number_digit`) in reading
     order; `number` is null when none was found or a piece is not a digit, `digit` is the one
     digit when exactly one was found."""
@@ -529,28 +540,24 @@ def number_prediction(
     }
 
 
-def feedback_saved(request_id: str, duplicate: bool) -> dict[str, Any]:
+def feedback_saved(request_id: str, duplicate: bool) -> FeedbackSavedFrame:
     """A `feedback_saved` frame: the correction is stored; `duplicate` when the same 28x28
     image was stored before (it counts once)."""
     return {"type": FEEDBACK_SAVED, "id": request_id, "duplicate": bool(duplicate)}
 
 
-def error(request_id: str | None, code: str, message: str) -> dict[str, Any]:
+def error(request_id: str | None, code: str, message: str) -> ErrorFrame:
     """An `error` frame. `request_id` is None when the frame had no usable id."""
     return {"type": ERROR, "id": request_id, "code": code, "message": message}
 
 
-def encode(frame: dict[str, Any]) -> str:
+def encode(frame: ServerFrame) -> str:
     return json.dumps(frame, separators=(",", ":"), allow_nan=False)
 
 
-# --- Consumer ↔ worker (internal: Celery task kwargs and channel-layer messages) ------------------
-
-# The channel-layer message type the worker sends to a consumer's channel; Channels calls the
-# consumer's method of the same name with the dots made underscores.
-ANSWER_MESSAGE = "digits.answer"
+# --- Consumer ↔ worker (internal: the channel layer's message; the task's kwargs: messages.py) ---
 
 
-def answer_message(ticket: int, frame: dict[str, Any]) -> dict[str, Any]:
+def answer_message(ticket: int, frame: ServerFrame) -> AnswerMessage:
     """What the worker sends to a consumer: the frame for the client and the consumer's ticket."""
     return {"type": ANSWER_MESSAGE, "ticket": ticket, "frame": frame}

@@ -1,7 +1,7 @@
 """The worker's side of Celery: the batched predict task, and the worker process's start and stop.
 
 Imported by the worker process only (`celery -A digits_site worker` autodiscovers it); the web
-process queues requests by name (classifier.serving.publish) and never imports this module.
+process queues requests by name (classifier.serving.enqueue) and never imports this module.
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ import os
 import socket
 from typing import Any
 
-from celery import signals
+from celery import shared_task, signals
 from celery_batches import Batches, SimpleRequest
 from django.conf import settings
 
 from classifier import transport
 from classifier.serving import metrics, presence, worker
-from classifier.serving.publish import PREDICT_TASK
+from classifier.serving.enqueue import PREDICT_TASK
 from classifier.transport.batching import StreamBatches
-from digits_site.celery import app
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +29,9 @@ READY_MESSAGE = "Digits worker ready"
 _metrics_server: metrics.WorkerMetricsServer | None = None
 
 
-@app.task(
+# A shared task: it binds to the site's app (digits_site/celery.py), which this module never
+# imports; the worker (`celery -A digits_site worker`) finds it by autodiscovery, by this name.
+@shared_task(
     base=StreamBatches if settings.TUNED_TRANSPORT else Batches,
     name=PREDICT_TASK,
     flush_every=settings.DIGITS_BATCH_SIZE,

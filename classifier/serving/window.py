@@ -1,6 +1,6 @@
 """The web process's last minutes of answers, second by second, for the status page.
 
-Why its own: the status page (/status/, digits_site/metrics.py) must show answers a second and
+Why its own: the status page (/status/, classifier/serving/status.py) must show answers a second and
 latency percentiles without a Prometheus server to ask. So the web process keeps one slot per
 second for the last `span` seconds: the answers by outcome, and a histogram of the latencies on
 fixed log-spaced bounds (2**(1/4) apart, so a percentile read off it is within about 10%).

@@ -1,10 +1,12 @@
 """Every place the service overrides a library's internals, and the versions they were made for.
 
-Each module here replaces a private part of kombu, Celery, celery-batches or channels_redis (or,
-for the publisher, writes their storage format itself) to take round trips and CPU out of the
-serving path; each docstring names the upstream version and code it
+Each module here replaces a private part of kombu, Celery, celery-batches, channels or
+channels_redis (or, for the publisher, writes their storage format itself) to take round trips
+and CPU out of the serving path; each docstring names the upstream version and code it
 overrides, why, and what it measured. They are switched on together by `DIGITS_TRANSPORT=tuned`
-(the default); `DIGITS_TRANSPORT=stock` runs the libraries as they ship (digits_site/settings.py).
+(the default); `DIGITS_TRANSPORT=stock` runs the libraries as they ship (digits_site/settings.py),
+but for the consumer's `dispatch` (consumer.py), which changes nothing on the wire and skips a
+database hop the consumer has no use for, under both.
 
 An override of private code breaks silently when its library changes, so pyproject.toml pins
 each library to the minor version below, and `version_problems()` (run by the tests and logged
@@ -28,7 +30,11 @@ TESTED_VERSIONS: dict[str, tuple[str, str]] = {
         "classifier.transport.publisher (send_task's message)",
     ),
     "celery-batches": ("0.11", "classifier.transport.batching (Batches._tref/_buffer/_do_flush)"),
-    "channels": ("4.3", "classifier.transport.channel_layer and replies (the layer's API)"),
+    "channels": (
+        "4.3",
+        "classifier.transport.channel_layer and replies (the layer's API) and "
+        "classifier.transport.consumer (AsyncConsumer.dispatch)",
+    ),
     "channels-redis": (
         "4.3",
         "classifier.transport.channel_layer (receive, the reader) and "

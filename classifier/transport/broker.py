@@ -70,7 +70,8 @@ return items
 """
 
 
-TAKE = Script(None, TAKE_SCRIPT.encode())
+# redis-py runs an unbound script on the client each call passes; its hints want a client here.
+TAKE = Script(None, TAKE_SCRIPT.encode())  # type: ignore[arg-type]
 
 
 class QoS(kombu_redis.QoS):
@@ -160,7 +161,8 @@ class Channel(kombu_redis.Channel):
             dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
         finally:
-            self._in_poll = None
+            # kombu's class declares it False, then stores a connection or None in it, as here.
+            self._in_poll = None  # type: ignore[assignment]
             reauth = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.6
             if reauth is not None:
                 reauth()

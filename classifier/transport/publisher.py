@@ -13,7 +13,7 @@ web process's time at 32 clients (py-spy). Here a request's message is built on 
 in a few tens of microseconds and joins the next LPUSH: one round trip for every request that
 arrived meanwhile, on one connection per event loop that lives as long as it.
 
-`DIGITS_TRANSPORT=stock` publishes with `send_task` instead (classifier.serving.publish), and so
+`DIGITS_TRANSPORT=stock` publishes with `send_task` instead (classifier.serving.enqueue), and so
 does a broker with a global key prefix or priority steps in use, which this module does not
 write.
 """

@@ -6,20 +6,14 @@ import base64
 import json
 
 import numpy as np
-import pytest
 
-from classifier.ml.canvas import TEMPLATES
+from benchmarks import feedback_loop as loop
 from classifier.ml.preprocessing import preprocess
+from classifier.ml.training.canvas import TEMPLATES
 from classifier.serving import protocol
-from tests.benchmarks import load_benchmark
 
 
-@pytest.fixture(scope="module")
-def loop():
-    return load_benchmark("feedback_loop")
-
-
-def test_a_writer_is_the_same_for_the_same_seed_and_differs_across_writers(loop):
+def test_a_writer_is_the_same_for_the_same_seed_and_differs_across_writers():
     assert loop.make_writer(3, seed=7) == loop.make_writer(3, seed=7)
     assert loop.make_writer(3, seed=7) != loop.make_writer(3, seed=8)
     writers = [loop.make_writer(n) for n in range(1, 21)]
@@ -33,7 +27,7 @@ def test_a_writer_is_the_same_for_the_same_seed_and_differs_across_writers(loop)
     assert {"flag", "serif"} & {w.variants[1] for w in writers}
 
 
-def test_drawings_are_deterministic_and_every_digit_of_every_writer(loop):
+def test_drawings_are_deterministic_and_every_digit_of_every_writer():
     first = loop.drawings_of(range(1, 3), per_digit=2, seed=5)
     again = loop.drawings_of(range(1, 3), per_digit=2, seed=5)
     other = loop.drawings_of(range(1, 3), per_digit=2, seed=6)
@@ -47,14 +41,14 @@ def test_drawings_are_deterministic_and_every_digit_of_every_writer(loop):
     assert len({d.url for d in first}) == len(first)
 
 
-def test_a_drawing_is_a_page_canvas_with_ink(loop):
+def test_a_drawing_is_a_page_canvas_with_ink():
     png = loop.draw(loop.make_writer(1), 7, np.random.default_rng(0))
     image = preprocess(png)
     assert image.shape == (28, 28)
     assert 20 < int((image > 128).sum()) < 400  # ink, not a blank and not a blob
 
 
-def test_the_frames_it_sends_parse_as_the_page_sends_them(loop):
+def test_the_frames_it_sends_parse_as_the_page_sends_them():
     drawing = loop.drawings_of(range(1, 2), per_digit=1, seed=0)[4]
     request = protocol.parse_frame(loop.predict_frame("p-1", drawing.url))
     assert isinstance(request, protocol.PredictRequest)
@@ -77,7 +71,7 @@ def test_the_frames_it_sends_parse_as_the_page_sends_them(loop):
     assert json.loads(frame)["type"] == "feedback"
 
 
-def test_percent_reads_shares_and_percentages(loop):
+def test_percent_reads_shares_and_percentages():
     assert loop.percent(0.9975) == "99.75%"
     assert loop.percent(99.5) == "99.50%"
     assert loop.percent(None) == "?"

@@ -8,21 +8,16 @@ import json
 import numpy as np
 import pytest
 
-from classifier.ml.drawings.pendigits import PenDigit
+from benchmarks import ink_accuracy as bench
 from classifier.ml.inference import Predictor
 from classifier.ml.preprocessing import preprocess
 from classifier.ml.rasterizer import rasterize
-from tests.benchmarks import load_benchmark
+from classifier.ml.training.drawings.pendigits import PenDigit
 from tests.helpers import SHIPPED_WEIGHTS
 from tests.ml.test_rasterizer import template
 
 
-@pytest.fixture(scope="module")
-def bench():
-    return load_benchmark("ink_accuracy")
-
-
-def test_a_handful_of_drawings_is_sent_both_ways_and_reported(bench):
+def test_a_handful_of_drawings_is_sent_both_ways_and_reported():
     digits = [PenDigit(d, 11 + d % 2, template(d)) for d in range(10)]
     drawings = bench.make_drawings(digits, seed=3)
     predictor = Predictor.load(SHIPPED_WEIGHTS, device="cpu")
@@ -41,7 +36,7 @@ def test_a_handful_of_drawings_is_sent_both_ways_and_reported(bench):
     assert len([line for line in lines if line.startswith(("  PNG", "  ink"))]) == 2  # classes
 
 
-def test_an_ink_frame_carries_the_strokes_with_times_to_one_decimal(bench):
+def test_an_ink_frame_carries_the_strokes_with_times_to_one_decimal():
     (drawing,) = bench.make_drawings([PenDigit(7, 12, template(7))], seed=0)
 
     frame = json.loads(bench.ink_frame(drawing.ink))
@@ -54,7 +49,7 @@ def test_an_ink_frame_carries_the_strokes_with_times_to_one_decimal(bench):
     assert bench.png_frame(drawing.png).startswith('{"type":"predict","id":"1","image":"data:')
 
 
-def test_writers_are_read_as_ranges_and_lists(bench):
+def test_writers_are_read_as_ranges_and_lists():
     assert bench.parse_writers("11-30") == set(range(11, 31))
     assert bench.parse_writers("1-3,7") == {1, 2, 3, 7}
     with pytest.raises(argparse.ArgumentTypeError):

@@ -8,20 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks import not_a_digit as bench
 from classifier.ml.inference import Predictor
-from classifier.ml.outliers import HELD_OUT_SCRIPTS, SCRIPTS, families_for, make_outliers
-from classifier.ml.rejection import EvaluationSets, outputs_of
-from tests.benchmarks import load_benchmark
+from classifier.ml.rejection import outputs_of
+from classifier.ml.training.alphabets import SCRIPTS
+from classifier.ml.training.calibration import EvaluationSets
+from classifier.ml.training.outliers import HELD_OUT_SCRIPTS, families_for, make_outliers
 from tests.helpers import SHIPPED_WEIGHTS, needs_dejavu
 
 
-@pytest.fixture(scope="module")
-def bench():
-    return load_benchmark("not_a_digit")
-
-
 @needs_dejavu  # the held-out alphabets are DejaVu's
-def test_kept_letters_are_drawn_a_row_per_held_out_alphabet(bench, tmp_path):
+def test_kept_letters_are_drawn_a_row_per_held_out_alphabet(tmp_path):
     outliers, families = make_outliers(60, "eval", seed=3, families=HELD_OUT_SCRIPTS, size=192)
     empty = np.zeros((0, 28, 28), np.uint8)
     labels = np.zeros(0, np.int64)
@@ -51,7 +48,7 @@ def test_kept_letters_are_drawn_a_row_per_held_out_alphabet(bench, tmp_path):
 
 
 @needs_dejavu  # at least the DejaVu alphabets to draw
-def test_trained_letters_are_measured_per_alphabet_on_both_sides(bench, monkeypatch):
+def test_trained_letters_are_measured_per_alphabet_on_both_sides(monkeypatch):
     drawn: list[tuple[str, int]] = []
     make = bench.make_outliers
 
@@ -72,7 +69,7 @@ def test_trained_letters_are_measured_per_alphabet_on_both_sides(bench, monkeypa
     assert 0 < np.mean([t for t, _ in shares.values()]) <= 1
 
 
-def test_the_threshold_rule_is_two_shares(bench):
+def test_the_threshold_rule_is_two_shares():
     assert bench._shares("0.002,0.004") == (0.002, 0.004)
     for bad in ("0.002", "a,b", "0.002,1.5"):
         with pytest.raises(argparse.ArgumentTypeError):

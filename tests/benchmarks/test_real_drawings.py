@@ -6,21 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from classifier.ml import realsets
-from classifier.ml.drawings import styles
-from classifier.ml.drawings.pendigits import PenDigit
+from benchmarks import real_drawings as bench
 from classifier.ml.inference import Predictor
-from tests.benchmarks import load_benchmark
+from classifier.ml.training import realsets
+from classifier.ml.training.drawings import styles
+from classifier.ml.training.drawings.pendigits import PenDigit
 from tests.helpers import SHIPPED_WEIGHTS
-from tests.ml.test_styles import CLOSED_FOUR, ONE, SEVEN, ZERO, timed
-
-
-@pytest.fixture(scope="module")
-def bench():
-    return load_benchmark("real_drawings")
+from tests.ml.training.test_styles import CLOSED_FOUR, ONE, SEVEN, ZERO, timed
 
 
 def handful() -> dict:
@@ -47,7 +41,7 @@ def handful() -> dict:
     return realsets.prepare_all(sets)
 
 
-def test_weights_are_compared_side_by_side_on_every_set(bench):
+def test_weights_are_compared_side_by_side_on_every_set():
     prepared = handful()
     predictors = [Predictor.load(SHIPPED_WEIGHTS, device="cpu") for _ in range(2)]
     results = [bench.measure(p, prepared) for p in predictors]
@@ -67,7 +61,7 @@ def test_weights_are_compared_side_by_side_on_every_set(bench):
     assert "symbols: absent (no files at /nowhere/symbols)" in text
 
 
-def test_the_styles_are_drawn_a_row_each_both_ways(bench, tmp_path):
+def test_the_styles_are_drawn_a_row_each_both_ways(tmp_path):
     pen = [PenDigit(0, 1, timed(ZERO)), PenDigit(1, 1, timed(ONE)), PenDigit(7, 1, SEVEN)]
     pen.append(PenDigit(4, 1, CLOSED_FOUR))
     path = tmp_path / "styles.png"

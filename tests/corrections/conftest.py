@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from classifier import corrections
-from classifier.models import Correction
+from classifier.corrections import store as corrections
+from classifier.corrections.models import Correction
 from tests.corrections import postgres
 
 postgres.register()

@@ -10,9 +10,9 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from classifier.models import Correction, Status
+from classifier.corrections.models import Correction, Status
 
-CHANGELIST = reverse("admin:classifier_correction_changelist")
+CHANGELIST = reverse("admin:corrections_correction_changelist")
 
 pytestmark = pytest.mark.django_db
 
@@ -54,7 +54,7 @@ def test_the_list_shows_thumbnails_beside_label_and_answer(admin_client: Client,
     for title in ("status", "label", "model version"):
         assert f'data-filter-title="{title}"' in html
     # No add button: corrections come from users only.
-    assert reverse("admin:classifier_correction_add") not in html
+    assert reverse("admin:corrections_correction_add") not in html
 
 
 def test_the_filters_narrow_the_list(admin_client: Client, rows) -> None:
@@ -86,7 +86,7 @@ def test_the_change_page_shows_both_images_and_keeps_them_read_only(
     admin_client: Client, rows
 ) -> None:
     one = rows[0]
-    url = reverse("admin:classifier_correction_change", args=[one.pk])
+    url = reverse("admin:corrections_correction_change", args=[one.pk])
     html = admin_client.get(url).content.decode()
     assert html.count('src="data:image/png;base64,') == 2  # the 28x28 and the image as sent
     assert 'name="label"' in html and 'name="status"' in html

@@ -17,7 +17,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from torchvision.datasets import ImageFolder
 
-from classifier.models import Correction, Status
+from classifier.corrections.models import Correction, Status
 from tests.corrections import postgres
 from tests.helpers import REPO
 
@@ -152,7 +152,7 @@ def test_a_fresh_data_folder_is_migrated_and_an_admin_can_be_created(tmp_path: P
             ("admin", 1)
         ]
         tables = {row[0] for row in db.execute("select name from sqlite_master")}
-    assert "classifier_correction" in tables
+    assert "corrections_correction" in tables
     assert manage("feedback", "stats", env=env).stdout.splitlines()[0] == "total 0"
     # DATABASE_URL wins over the default.
     other = tmp_path / "other.sqlite3"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from torchvision.datasets import ImageFolder
 
-from classifier import corrections
-from classifier.models import Status
+from classifier.corrections import store as corrections
+from classifier.corrections.models import Status
 from tests.corrections import postgres
 
 pytestmark = pytest.mark.django_db(databases=postgres.DATABASES)

@@ -15,8 +15,8 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client import generate_latest
 
-from classifier import corrections
-from classifier.models import Correction, Status
+from classifier.corrections import store as corrections
+from classifier.corrections.models import Correction, Status
 from classifier.serving import batch, metrics, protocol
 from tests.corrections import postgres
 

@@ -1,4 +1,4 @@
-"""Storing corrections and reviewing them (classifier.corrections), on SQLite and on the real
+"""Storing corrections and reviewing them (classifier.corrections.store), on SQLite and on the real
 PostgreSQL: the same drawing counts once, labels are digits, statuses change as asked and only
 as asked, and the counts add up."""
 
@@ -13,9 +13,9 @@ import pytest
 from django.db import IntegrityError, transaction
 from PIL import Image
 
-from classifier import corrections
+from classifier.corrections import store as corrections
+from classifier.corrections.models import Correction, Status
 from classifier.ml.input import MAX_IMAGE_BYTES
-from classifier.models import Correction, Status
 from tests.corrections import postgres
 
 pytestmark = pytest.mark.django_db(databases=postgres.DATABASES)

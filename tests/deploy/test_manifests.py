@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from digits_site.devstack import worker_argv
+from classifier.management.devstack import worker_argv
 from tests.deploy.conftest import (
     KUBERNETES,
     container,

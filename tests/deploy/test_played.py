@@ -21,7 +21,7 @@ import redis
 import torch
 import yaml
 
-from digits_site.devstack import free_port, redis_server_binary, stop_process
+from classifier.management.devstack import free_port, redis_server_binary, stop_process
 from tests.corrections import postgres
 from tests.deploy.player import (
     START_TIMEOUT,

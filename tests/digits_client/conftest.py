@@ -23,11 +23,11 @@ import redis
 import uvicorn
 from channels.layers import get_channel_layer
 
+from classifier.management.devstack import free_port
 from classifier.serving import protocol
 from classifier.serving.http import PredictApi
 from classifier.serving.presence import Heartbeat, registry_key
 from classifier.serving.protocol import PredictRequest, Request
-from digits_site.devstack import free_port
 
 # The digit the stand-in worker answers every digit request with.
 ANSWERED_DIGIT = 3

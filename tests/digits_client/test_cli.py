@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from classifier.management.devstack import free_port
 from classifier.serving import protocol
 from digits_client.cli import describe, main
-from digits_site.devstack import free_port
 from tests.catalogue import digit_png, good_ink
 from tests.digits_client.conftest import ANSWERED_DIGIT, ApiServer
 

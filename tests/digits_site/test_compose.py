@@ -14,7 +14,7 @@ import yaml
 from django.core.management import get_commands
 
 from classifier.management.commands.runstack import Command as Runstack
-from digits_site.devstack import worker_argv
+from classifier.management.devstack import worker_argv
 
 REPO = Path(__file__).resolve().parents[2]
 

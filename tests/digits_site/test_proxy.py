@@ -21,14 +21,14 @@ from contextlib import contextmanager
 
 import pytest
 
-from digits_site.devstack import free_port, port_open, stop_process
+from classifier.management.devstack import free_port, port_open, stop_process
 from tests.helpers import REPO, WEB_START_TIMEOUT
 
 ARGV = """
 import json, django
 django.setup()
 from django.conf import settings
-from digits_site.devstack import web_argv
+from classifier.management.devstack import web_argv
 print(json.dumps({"argv": web_argv("127.0.0.1", %d), "trusted": settings.DIGITS_TRUSTED_PROXIES}))
 """
 # The client networks allowed to read /metrics: not 127.0.0.1, where the test connects from.

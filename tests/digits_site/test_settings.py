@@ -18,7 +18,7 @@ SHOW = """
 import json, django
 from django.conf import settings
 django.setup()
-from digits_site.devstack import web_argv
+from classifier.management.devstack import web_argv
 names = {names!r}
 values = {{n: getattr(settings, n, None) for n in names}}
 values["web_argv"] = web_argv("127.0.0.1", 8000)

@@ -30,9 +30,9 @@ import pytest
 import redis
 import websockets
 
+from classifier.management.devstack import EmbeddedRedis, worker_argv
 from classifier.serving import protocol
 from classifier.serving.presence import registry_key
-from digits_site.devstack import EmbeddedRedis, worker_argv
 from tests.helpers import Stack, render_digit_png, service_env, shipped_weights
 
 pytestmark = pytest.mark.slow

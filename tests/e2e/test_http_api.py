@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from classifier.ml.canvas import to_png
-from classifier.ml.numbers import draw_number, template_strokes
+from classifier.ml.training.canvas import to_png
+from classifier.ml.training.numbers import draw_number, template_strokes
 from classifier.serving import protocol, schemas
 from digits_client import Client, DigitsError
 from tests.catalogue import HOSTILE_IMAGES

@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from classifier.management.devstack import free_port, port_open
 from classifier.serving import protocol
 from classifier.serving.tasks import READY_MESSAGE
-from digits_site.devstack import free_port, port_open
 from tests.helpers import (
     REPO,
     UNLIMITED,

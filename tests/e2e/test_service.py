@@ -22,7 +22,7 @@ import websockets
 from django.conf import settings
 from PIL import Image
 
-from classifier.ml.canvas import render_template_png
+from classifier.ml.training.canvas import render_template_png
 from classifier.ml.weights import load_weights, read_metadata, save_weights
 from classifier.serving import protocol
 from tests.catalogue import BAD_FRAMES, HOSTILE_IMAGES, IMAGE_CODES
@@ -85,8 +85,8 @@ def test_a_written_number_comes_back_digit_by_digit_beside_a_digit(stack: Stack)
     in the image's pixels; the digit is answered as ever."""
     import json
 
-    from classifier.ml.canvas import to_png
-    from classifier.ml.numbers import draw_number, template_strokes
+    from classifier.ml.training.canvas import to_png
+    from classifier.ml.training.numbers import draw_number, template_strokes
     from tests.helpers import data_url
 
     rng = np.random.default_rng(0)

@@ -1,8 +1,8 @@
 """Number mode on the page, in a real browser against the real stack: a number written with the
 mouse and with a finger is read whole, each digit boxed on the pad, its bars on hover or tap.
 
-The digits are the project's stroke templates (classifier/ml/canvas.py), drawn side by side on
-the 2:1 pad with real input events.
+The digits are the project's stroke templates (classifier/ml/training/canvas.py), drawn side by side
+on the 2:1 pad with real input events.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 from playwright.sync_api import CDPSession, Page, expect
 
-from classifier.ml.canvas import TEMPLATES
+from classifier.ml.training.canvas import TEMPLATES
 
 from .conftest import PHONE, Visit
 

@@ -13,13 +13,12 @@ from PIL import Image
 
 from classifier.management.commands.train import Command as TrainCommand
 from classifier.management.commands.train_detector import Command as DetectorCommand
-from classifier.ml.data import MNIST_FILES
-from classifier.ml.detector import DetectorConfig
 from classifier.ml.model import ModelConfig
-from classifier.ml.outliers import families_for
-from classifier.ml.report import report_paths
-from classifier.ml.training import TrainConfig
-from classifier.ml.weights import load_weights, save_weights, sidecar_path
+from classifier.ml.training.config import TrainConfig
+from classifier.ml.training.data import MNIST_FILES
+from classifier.ml.training.detector import DetectorConfig
+from classifier.ml.training.outliers import families_for
+from classifier.ml.weights import load_weights, report_paths, save_weights, sidecar_path
 from tests.helpers import SHIPPED_WEIGHTS
 
 
@@ -175,8 +174,8 @@ def test_train_offline_without_data_stops_with_the_file_names(tmp_path):
         ("--limit", "0"),
         ("--lr", "-1"),
         ("--threads", "0"),
-        ("--hold-out", "armenian,klingon"),
-        ("--detector-weight", "-1"),
+        ("--real-per-batch", "-1"),
+        ("--styles-share", "2"),
     ],
 )
 def test_train_rejects_nonsense_options(tmp_path, option, value):
@@ -197,12 +196,12 @@ def test_train_has_one_option_per_config_field_with_its_default():
         if field.name != "device":  # chosen by DIGITS_DEVICE
             assert defaults[field.name] == field.default, field.name
     assert "(default: 8)" in helps["epochs"]
-    assert "(default: none)" in helps["hold_out"]  # an empty string is shown as none
+    assert "(default: none)" in helps["limit"]  # None is shown as none
     assert TrainConfig(
         **{f.name: defaults[f.name] for f in dataclasses.fields(TrainConfig)}
     ) == TrainConfig(device=defaults["device"])
-    args = vars(parser.parse_args(["--no-augment", "--limit", "5", "--lr", "0.01"]))
-    assert (args["augment"], args["limit"], args["lr"]) == (False, 5, 0.01)
+    args = vars(parser.parse_args(["--real-per-batch", "32", "--limit", "5", "--lr", "0.01"]))
+    assert (args["real_per_batch"], args["limit"], args["lr"]) == (32, 5, 0.01)
 
 
 def test_train_detector_learns_every_letter_unless_told_to_measure() -> None:

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from classifier.ml.drawings import styles
+from classifier.ml.training.drawings import styles
 from tests.helpers import SHIPPED_WEIGHTS
 from tests.management.test_commands import run
-from tests.ml.realdata import pen_digits
+from tests.ml.training.realdata import pen_digits
 
 
 def evaluate(data_dir, *options: str) -> str:

@@ -24,15 +24,20 @@ import torch
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from classifier.corrections.models import Status
 from classifier.ml import modelstore
 from classifier.ml.model import FAST_ARCHITECTURE, build_model
 from classifier.ml.modellock import LockHeld, lock_path, serving_lock
-from classifier.ml.report import report_paths
-from classifier.ml.weights import load_weights, save_weights, sidecar_path, weights_digest
-from classifier.models import Status
+from classifier.ml.weights import (
+    load_weights,
+    report_paths,
+    save_weights,
+    sidecar_path,
+    weights_digest,
+)
 from tests.corrections import postgres
+from tests.corrections.test_retrain import store_drawings
 from tests.helpers import REPO, shipped_weights
-from tests.management.test_retrain import store_drawings
 
 # A tiny training run: one epoch over the first 1,000 MNIST images (a model of no use).
 TINY = ("--epochs", "1", "--limit", "1000", "--batch-size", "100", "--device", "cpu")
@@ -221,7 +226,7 @@ def blocking_database() -> Iterator[tuple[str, psycopg.Connection]]:
         migrate = [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"]
         subprocess.run(migrate, cwd=REPO, env=env, check=True, timeout=300)
         blocker = psycopg.connect(url)
-        blocker.execute("LOCK TABLE classifier_correction IN ACCESS EXCLUSIVE MODE")
+        blocker.execute("LOCK TABLE corrections_correction IN ACCESS EXCLUSIVE MODE")
         try:
             yield url, blocker
         finally:

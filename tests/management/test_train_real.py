@@ -10,8 +10,8 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from classifier.ml.drawings import pendigits
-from classifier.ml.realdata import pen_split
+from classifier.ml.training.drawings import pendigits
+from classifier.ml.training.realdata import pen_split
 from classifier.ml.weights import load_weights
 from tests.helpers import SHIPPED_WEIGHTS
 

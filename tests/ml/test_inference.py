@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from classifier.ml.canvas import TEMPLATES, render_template_png
 from classifier.ml.inference import Predictor, resolve_device
 from classifier.ml.model import ARCHITECTURE, build_model, normalize
 from classifier.ml.preprocessing import preprocess
+from classifier.ml.training.canvas import TEMPLATES, render_template_png
 from classifier.ml.weights import WeightsError, config_from_metadata, load_weights, save_weights
 from tests.helpers import SHIPPED_WEIGHTS
 

@@ -16,10 +16,8 @@ import numpy as np
 import pytest
 
 from classifier.ml import ink_segmentation
-from classifier.ml.canvas import TEMPLATES
 from classifier.ml.inference import Predictor
 from classifier.ml.ink import Ink
-from classifier.ml.ink_numbers import number_from, pools
 from classifier.ml.ink_segmentation import MAX_CROPS, segment_ink
 from classifier.ml.input import (
     MAX_INK_POINTS,
@@ -29,8 +27,10 @@ from classifier.ml.input import (
     TooManyDigitsError,
 )
 from classifier.ml.segmentation import Digit
+from classifier.ml.training.canvas import TEMPLATES
+from classifier.ml.training.ink_numbers import number_from, pools
 from tests.helpers import shipped_weights
-from tests.ml.test_pendigits import read_or_skip
+from tests.ml.training.test_pendigits import read_or_skip
 
 HEIGHT = 100.0
 

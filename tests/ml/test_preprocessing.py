@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from classifier.ml.canvas import render_template
 from classifier.ml.preprocessing import (
     CENTRE_OF_MASS,
     DIGIT_BOX,
@@ -31,6 +30,7 @@ from classifier.ml.preprocessing import (
     preprocess,
     to_mnist,
 )
+from classifier.ml.training.canvas import render_template
 
 
 def png(image: Image.Image, **params) -> bytes:

@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 
 from classifier.ml import rasterizer
-from classifier.ml.canvas import TEMPLATES, page_ink, render_page_png
 from classifier.ml.inference import Predictor
 from classifier.ml.ink import from_xy, page_curve, page_curves, transformed
 from classifier.ml.input import CENTRE_OF_MASS, DIGIT_BOX, EmptyImageError, InvalidImageError
 from classifier.ml.preprocessing import INK_THRESHOLD, preprocess
 from classifier.ml.rasterizer import STROKE_WIDTH, place, rasterize, rasterize_on_device
+from classifier.ml.training.canvas import TEMPLATES, page_ink, render_page_png
 from tests.helpers import SHIPPED_WEIGHTS
-from tests.ml.test_pendigits import read_or_skip
+from tests.ml.training.test_pendigits import read_or_skip
 
 
 def template(digit: int, variant: str | None = None):
-    """A stroke template of `classifier.ml.canvas` as ink (unit box, y down)."""
+    """A stroke template of `classifier.ml.training.canvas` as ink (unit box, y down)."""
     strokes = TEMPLATES[digit][variant or next(iter(TEMPLATES[digit]))]
     return from_xy([np.asarray(s) for s in strokes])
 

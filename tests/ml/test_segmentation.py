@@ -1,6 +1,6 @@
 """Reading a drawn number (classifier/ml/segmentation.py) with the shipped model, on numbers
-drawn with the project's stroke generator (classifier/ml/numbers.py): no dataset needed, but for
-the wide MNIST digits (skipped without MNIST)."""
+drawn with the project's stroke generator (classifier/ml/training/numbers.py): no dataset needed,
+but for the wide MNIST digits (skipped without MNIST)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from classifier.ml import numbers, segmentation
-from classifier.ml.canvas import draw_mask, render_template
-from classifier.ml.data import load_test_split
+from classifier.ml import segmentation
+from classifier.ml.brush import draw_mask
 from classifier.ml.inference import Predictor
 from classifier.ml.input import MAX_NUMBER_DIGITS, EmptyImageError, TooManyDigitsError
 from classifier.ml.preprocessing import to_mnist
+from classifier.ml.training import numbers
+from classifier.ml.training.canvas import render_template
+from classifier.ml.training.data import load_test_split
 from tests.helpers import shipped_weights
 
 

@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 from django.db import OperationalError, connection
 
-from classifier.ml.canvas import to_png
+from classifier.corrections.models import Correction
 from classifier.ml.inference import Predictor, Scored
-from classifier.ml.outliers import draw_strokes, split_rng
 from classifier.ml.preprocessing import preprocess
-from classifier.models import Correction
-from classifier.serving import protocol, publish
+from classifier.ml.training.canvas import to_png
+from classifier.ml.training.outliers import split_rng
+from classifier.ml.training.strokes import draw_strokes
+from classifier.serving import enqueue, protocol
 from classifier.serving.batch import answer_batch
 from tests.helpers import blank_png, render_digit_png, shipped_weights
 
@@ -52,7 +53,7 @@ class BrokenPredictor(CountingPredictor):
 
 
 def item(request_id: str, image: bytes, deadline_in: float = 60.0) -> dict[str, Any]:
-    """Task kwargs as `classifier.serving.publish.submit` sends them (a predict)."""
+    """Task kwargs as `classifier.serving.enqueue.submit` sends them (a predict)."""
     return {
         "reply_channel": f"channel-{request_id}",
         "ticket": hash(request_id) % 1000,
@@ -174,7 +175,7 @@ def feedback_item(
     client_predicted: int | None = None,
     client_model: str | None = None,
 ) -> dict[str, Any]:
-    """Task kwargs of a feedback request, as `classifier.serving.publish.task_kwargs` builds
+    """Task kwargs of a feedback request, as `classifier.serving.enqueue.task_kwargs` builds
     them."""
     request = protocol.FeedbackRequest(
         id=request_id,
@@ -184,7 +185,7 @@ def feedback_item(
         predicted=client_predicted,
         model=client_model,
     )
-    return publish.task_kwargs(
+    return enqueue.task_kwargs(
         request,
         f"channel-{request_id}",
         hash(request_id) % 1000,
@@ -273,14 +274,14 @@ def test_a_database_error_fails_only_that_correction(
 
 
 def number_item(request_id: str, image: bytes, deadline_in: float = 60.0) -> dict[str, Any]:
-    """Task kwargs of a predict that expects a number, as `publish.task_kwargs` builds them."""
+    """Task kwargs of a predict that expects a number, as `enqueue.task_kwargs` builds them."""
     request = protocol.PredictRequest(
         id=request_id,
         media_type="image/png",
         image=base64.b64encode(image).decode(),
         expect=protocol.EXPECT_NUMBER,
     )
-    kwargs = publish.task_kwargs(
+    kwargs = enqueue.task_kwargs(
         request,
         f"channel-{request_id}",
         hash(request_id) % 1000,
@@ -294,8 +295,8 @@ def number_item(request_id: str, image: bytes, deadline_in: float = 60.0) -> dic
 
 def drawn_number_png(label: str, gap: str = "normal", seed: int = 0) -> tuple[bytes, list]:
     """A number drawn with the stroke generator on the page's 768x384 canvas, and its boxes."""
-    from classifier.ml import numbers
-    from classifier.ml.canvas import to_png
+    from classifier.ml.training import numbers
+    from classifier.ml.training.canvas import to_png
 
     rng = np.random.default_rng(seed)
     strokes = [numbers.template_strokes(int(d), rng) for d in label]
@@ -351,8 +352,8 @@ def test_a_single_digit_in_number_mode_reads_as_in_digit_mode(predictor: Predict
 
 
 def test_blank_and_too_long_numbers_are_errors_and_fail_alone(predictor: Predictor) -> None:
-    from classifier.ml import numbers
-    from classifier.ml.canvas import to_png
+    from classifier.ml.training import numbers
+    from classifier.ml.training.canvas import to_png
 
     rng = np.random.default_rng(0)
     long_one = numbers.draw_number(

@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from classifier.corrections import accepted_arrays, ink_svg, set_status
+from classifier.corrections.models import Correction
+from classifier.corrections.store import accepted_arrays, ink_svg, set_status
 from classifier.ml import ink as inks
-from classifier.ml.canvas import TEMPLATES, render_template_png
 from classifier.ml.inference import Predictor
 from classifier.ml.rasterizer import rasterize
-from classifier.models import Correction
+from classifier.ml.training.canvas import TEMPLATES, render_template_png
 from classifier.serving import protocol
 from classifier.serving.batch import answer_batch, prepare_ink_digits, prepare_items
 from tests.helpers import shipped_weights
@@ -42,7 +42,7 @@ def template_ink(digit: int, variant: str | None = None, left: float = 0.0) -> l
 
 
 def ink_item(request_id: str, strokes: list, **fields: Any) -> dict[str, Any]:
-    """Task kwargs of a request sent as ink, as `publish.task_kwargs` makes them."""
+    """Task kwargs of a request sent as ink, as `enqueue.task_kwargs` makes them."""
     return {
         "reply_channel": f"channel-{request_id}",
         "ticket": 1,

@@ -35,12 +35,12 @@ from channels.security.websocket import AllowedHostsOriginValidator
 from channels.testing import WebsocketCommunicator
 from channels_redis.core import RedisChannelLayer
 
-from classifier.serving import metrics, presence, protocol, publish
+from classifier.management.devstack import EmbeddedRedis
+from classifier.serving import enqueue, metrics, presence, protocol
 from classifier.serving.consumers import PredictConsumer
 from classifier.serving.presence import Heartbeat, registry_key
 from classifier.serving.protocol import PREDICT_PATH, Request
 from classifier.serving.routing import websocket_urlpatterns
-from digits_site.devstack import EmbeddedRedis
 from tests.catalogue import BAD_FRAMES, HOSTILE_IMAGES, digit_png
 from tests.helpers import blank_png, data_url, predict_frame
 
@@ -56,7 +56,7 @@ ORIGIN = (b"origin", b"http://127.0.0.1:8000")
 
 @dataclass(frozen=True)
 class Queued:
-    """One call of the publish seam: what `publish.submit` would have sent to the workers."""
+    """One call of the publish seam: what `enqueue.submit` would have sent to the workers."""
 
     request: Request
     reply_channel: str
@@ -66,8 +66,8 @@ class Queued:
     client_hash: str = ""
 
     def task_kwargs(self) -> dict[str, Any]:
-        """The task's kwargs, as `classifier.serving.publish.submit` builds them."""
-        return publish.task_kwargs(
+        """The task's kwargs, as `classifier.serving.enqueue.submit` builds them."""
+        return enqueue.task_kwargs(
             self.request, self.reply_channel, self.ticket, self.deadline, self.client_hash, self.at
         )
 

@@ -31,10 +31,10 @@ import redis
 from channels_redis.core import RedisChannelLayer
 from django.test import Client
 
+from classifier.management.devstack import free_port
 from classifier.serving import metrics, protocol
 from classifier.serving.presence import Heartbeat, registry_key
 from classifier.serving.window import RollingWindow, percentile
-from digits_site.devstack import free_port
 from tests.catalogue import digit_png
 from tests.digits_site.test_settings import clean_env, settings_with
 from tests.helpers import REPO, blank_png, shipped_weights
@@ -218,7 +218,7 @@ def reply_layer(redis_url: str) -> Iterator[RedisChannelLayer]:
 
 
 def task(channel: str, request_id: str, image: bytes, deadline_in: float = 60.0) -> dict[str, Any]:
-    """Task kwargs as `classifier.serving.publish.submit` sends them."""
+    """Task kwargs as `classifier.serving.enqueue.submit` sends them."""
     return {
         "reply_channel": channel,
         "ticket": 1,

@@ -13,8 +13,8 @@ import pytest
 import redis
 import redis.asyncio
 
+from classifier.management.devstack import EmbeddedRedis, free_port
 from classifier.serving.presence import Heartbeat, Presence, read_workers, registry_key, worker_key
-from digits_site.devstack import EmbeddedRedis, free_port
 
 
 @pytest.fixture

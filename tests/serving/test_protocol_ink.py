@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from classifier.ml.input import MAX_INK_COORDINATE, MAX_INK_POINTS, MAX_INK_STROKES
 from classifier.serving import protocol
-from classifier.serving.publish import task_kwargs
+from classifier.serving.enqueue import task_kwargs
 from tests.catalogue import good_ink, ink_predict
 
 

@@ -12,14 +12,16 @@ import base64
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import celery
 import pytest
 import redis
 from celery_batches import Batches
 from django.conf import settings
 
-from classifier.serving import publish
+from classifier.serving import enqueue
 from classifier.serving.protocol import FeedbackRequest, PredictRequest
 from classifier.serving.tasks import PREDICT_TASK, StreamBatches, predict
 from digits_site.celery import app
@@ -45,6 +47,16 @@ def test_predict_is_a_batched_task_with_the_configured_size_and_window() -> None
     assert predict.ignore_result
 
 
+def test_the_shared_task_is_the_site_apps_under_its_name_in_every_thread() -> None:
+    """classifier.serving imports no digits_site: the task is a shared task, and the web side
+    queues through `celery.current_app`, which must be the site's app on any thread (the stock
+    transport's publishes run on a thread pool), not Celery's unconfigured fallback."""
+    assert app.tasks[PREDICT_TASK] is predict._get_current_object()
+    assert celery.current_app._get_current_object() is app
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert pool.submit(lambda: celery.current_app._get_current_object()).result() is app
+
+
 def test_a_worker_may_hold_more_messages_than_one_batch() -> None:
     """celery-batches buffers unacknowledged messages: with a prefetch limit at or below
     flush_every, batches would silently stop growing at the prefetch count."""
@@ -63,7 +75,7 @@ def test_only_json_crosses_the_broker() -> None:
 def test_a_queued_request_is_plain_json_naming_it_without_its_image(
     redis_url: str, settings: Any
 ) -> None:
-    """`publish.submit` with the real Celery app, on a queue of this test's own in the real
+    """`enqueue.submit` with the real Celery app, on a queue of this test's own in the real
     Redis: the message is JSON; it names the task, carries Celery's own expiry, and says where
     to answer (the consumer's channel and ticket) and by when; what Celery logs and reports for
     it (`kwargsrepr`) names the request without its image."""
@@ -79,7 +91,7 @@ def test_a_queued_request_is_plain_json_naming_it_without_its_image(
     settings.CELERY_TASK_DEFAULT_QUEUE = queue
     assert app.conf.task_default_queue == queue
     try:
-        asyncio.run(publish.submit(request, "specific.test!reply", 7, deadline))
+        asyncio.run(enqueue.submit(request, "specific.test!reply", 7, deadline))
     finally:
         raw = take_queue(redis_url, queue)
 
@@ -118,7 +130,7 @@ def test_a_queued_feedback_carries_its_label_and_the_clients_hash(
     )
     settings.CELERY_TASK_DEFAULT_QUEUE = queue
     try:
-        asyncio.run(publish.submit(request, "specific.test!reply", 8, time.time() + 10, "ab" * 32))
+        asyncio.run(enqueue.submit(request, "specific.test!reply", 8, time.time() + 10, "ab" * 32))
     finally:
         raw = take_queue(redis_url, queue)
 
@@ -138,17 +150,17 @@ def test_a_queued_feedback_carries_its_label_and_the_clients_hash(
 
 
 def _published(redis_url: str, settings: Any, tuned: bool, requests: list[PredictRequest]) -> list:
-    """The messages `publish.submit` pushes for `requests`, sent together, with the service's
+    """The messages `enqueue.submit` pushes for `requests`, sent together, with the service's
     transport (`tuned`) or Celery's `send_task`, oldest first (as a worker pops them)."""
     queue = f"test-publish-{uuid.uuid4().hex[:10]}"
     settings.CELERY_TASK_DEFAULT_QUEUE = queue
     settings.TUNED_TRANSPORT = tuned
-    assert (publish.destination() is not None) is tuned
+    assert (enqueue.destination() is not None) is tuned
 
     async def send_all() -> None:
         await asyncio.gather(
             *(
-                publish.submit(r, "specific.t!r", n, time.time() + 10)
+                enqueue.submit(r, "specific.t!r", n, time.time() + 10)
                 for n, r in enumerate(requests)
             )
         )
@@ -217,9 +229,9 @@ def test_a_broker_that_cannot_be_reached_fails_the_publish(settings: Any) -> Non
     settings.TUNED_TRANSPORT = True
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
     settings.CELERY_TASK_DEFAULT_QUEUE = f"test-publish-{uuid.uuid4().hex[:10]}"
-    assert publish.destination() is not None
+    assert enqueue.destination() is not None
     request = PredictRequest(id="lost", media_type="image/png", image="aGk=")
     with pytest.raises(redis.exceptions.ConnectionError):
         asyncio.run(
-            asyncio.wait_for(publish.submit(request, "specific.t!r", 0, time.time() + 5), 10)
+            asyncio.wait_for(enqueue.submit(request, "specific.t!r", 0, time.time() + 5), 10)
         )

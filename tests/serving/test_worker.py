@@ -1,21 +1,36 @@
 """The worker process's state (classifier/serving/worker.py): the model holder's reloads in this
-process, and a real worker's refusal to start without usable weights."""
+process, a real worker's refusal to start without usable weights, and what a real worker imports
+while it answers."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from classifier.management.devstack import worker_argv
 from classifier.ml.inference import Predictor
+from classifier.ml.training.canvas import to_png
+from classifier.ml.training.numbers import draw_number, template_strokes
 from classifier.ml.weights import load_weights, save_weights
+from classifier.serving import protocol
 from classifier.serving.worker import ModelHolder
-from digits_site.devstack import worker_argv
-from tests.helpers import service_env, shipped_weights
+from tests.helpers import (
+    Stack,
+    data_url,
+    delete_queue,
+    render_digit_png,
+    service_env,
+    shipped_weights,
+)
+from tests.serving.test_batch_ink import template_ink
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +86,70 @@ def test_a_worker_without_usable_weights_refuses_to_start(
     assert done.returncode != 0, output
     assert "cannot start" in output
     assert str(path) in output
+
+
+def imported_modules(log: str) -> set[str]:
+    """The modules a process imported, from the lines `-X importtime` (PYTHONPROFILEIMPORTTIME)
+    writes to its stderr: `import time: self | cumulative | name`, nested imports indented."""
+    names = set()
+    for line in log.splitlines():
+        if line.startswith("import time:") and "imported package" not in line:
+            names.add(line.rsplit("|", 1)[-1].strip())
+    return names
+
+
+@pytest.mark.slow
+def test_a_live_worker_answering_imports_no_training_code_and_no_torchvision(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A real worker, run with Python's import log, reads digits and numbers sent as images and
+    as ink, and stores a correction: every module it loads, at start or lazily on a first
+    request, is in the log, and none is training code or torchvision."""
+    tag = uuid.uuid4().hex[:10]
+    names = {
+        "DIGITS_INFERENCE_QUEUE": f"test-imports-{tag}",
+        "DIGITS_CHANNEL_PREFIX": f"test-imports-{tag}",
+    }
+    env = service_env(redis_url, names, DIGITS_WEIGHTS=str(shipped_weights()))
+    stack = Stack(tmp_path, {**env, "PYTHONPROFILEIMPORTTIME": "1"}, shipped_weights())
+    rng = np.random.default_rng(0)
+    number = draw_number([template_strokes(d, rng) for d in (4, 1)], "41", rng, gap="wide")
+    ink_number = [s for k, d in enumerate((2, 0, 5)) for s in template_ink(d, left=70 * k)]
+
+    async def scenario() -> dict[str, dict[str, Any]]:
+        async with stack.client() as client:
+            frames = [
+                {"id": "image", "image": data_url(render_digit_png(7))},
+                {"id": "number", "image": data_url(to_png(number.image)), "expect": "number"},
+                {"id": "ink", "ink": template_ink(3)},
+                {"id": "ink-number", "ink": ink_number, "expect": "number"},
+            ]
+            for frame in frames:
+                await client.send_raw(json.dumps({"type": "predict", **frame}))
+            answers = await client.receive_many(len(frames))
+            # Storing a correction loads its own code (the database, the store) on first use.
+            answers["feedback"] = await client.feedback(render_digit_png(7), 7, answers["image"])
+            return answers
+
+    try:
+        stack.start_worker()
+        stack.env.pop("PYTHONPROFILEIMPORTTIME")  # the worker's log only
+        stack.start_web()
+        answers = asyncio.run(scenario())
+    finally:
+        stack.stop()
+        delete_queue(redis_url, names["DIGITS_INFERENCE_QUEUE"])
+
+    assert answers["image"]["digit"] == 7 and answers["ink"]["digit"] == 3, answers
+    assert answers["ink-number"]["number"] == "205", answers["ink-number"]
+    assert answers["number"]["number"] == "41", answers["number"]
+    assert answers["feedback"]["type"] == protocol.FEEDBACK_SAVED, answers["feedback"]
+    imported = imported_modules(stack.worker_log_text())
+    # The log holds what the requests loaded, the model's code and the ink reader among them.
+    assert {"torch", "classifier.ml.inference", "classifier.ml.ink_segmentation"} <= imported
+    training = sorted(
+        name
+        for name in imported
+        if name.split(".")[0] == "torchvision" or name.startswith("classifier.ml.training")
+    )
+    assert training == [], training

@@ -15,8 +15,8 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.asynchronous import get_event_loop, set_event_loop
 from kombu.transport import redis as kombu_redis
 
+from classifier.management.devstack import EmbeddedRedis
 from classifier.transport.broker import Transport
-from digits_site.devstack import EmbeddedRedis
 
 
 @pytest.fixture

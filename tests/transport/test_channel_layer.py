@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from channels_redis.core import RedisChannelLayer
 
+from classifier.management.devstack import EmbeddedRedis, free_port
 from classifier.transport.channel_layer import LAYER_LOST, RECEIVE_BATCH, ResilientRedisChannelLayer
-from digits_site.devstack import EmbeddedRedis, free_port
 
 
 @pytest.fixture

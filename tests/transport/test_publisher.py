@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from classifier.management.devstack import EmbeddedRedis
 from classifier.transport import publisher
 from classifier.transport.publisher import PUSH_MAX, PUSH_MAX_BYTES, Publisher
-from digits_site.devstack import EmbeddedRedis
 
 
 @pytest.fixture

@@ -73,7 +73,8 @@ import django, json
 django.setup()
 from celery_batches import Batches
 from channels.layers import get_channel_layer
-from classifier.serving.tasks import app, predict
+from classifier.serving.tasks import predict
+from digits_site.celery import app
 from classifier.transport.batching import StreamBatches
 with app.connection_for_read() as connection:
     channel = type(connection.default_channel)

@@ -1,30 +1,32 @@
 """`python manage.py evaluate`: score saved weights on the MNIST test set, without training, how
 well their "not a digit" rejection sorts held-out digits from held-out non-digits, and how they
-read drawings made by people (the real sets of classifier.ml.realsets found under --data-dir)."""
+read drawings made by people (the real sets of classifier.ml.training.realsets found under
+--data-dir)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from classifier.management.options import add_data_dir, add_no_download
-from classifier.ml.data import DataError, load_test_split
 from classifier.ml.devices import DEVICE_CHOICES
 from classifier.ml.inference import Predictor
-from classifier.ml.realsets import mnist_figures, prepare_all, read_sets, summary_lines
-from classifier.ml.realsets import report as real_sets_report
-from classifier.ml.rejection import (
+from classifier.ml.training.calibration import (
     EVAL_DRAWN_COUNT,
     EVAL_OUTLIERS_PER_FAMILY,
     evaluation_sets,
     rejection_report,
 )
-from classifier.ml.report import format_confusion, per_digit_dict
-from classifier.ml.training import evaluate_model
+from classifier.ml.training.data import DataError, load_test_split
+from classifier.ml.training.realsets import mnist_figures, prepare_all, read_sets, summary_lines
+from classifier.ml.training.realsets import report as real_sets_report
+from classifier.ml.training.report import format_confusion, per_digit_dict
+from classifier.ml.training.train import evaluate_model
 from classifier.ml.weights import WeightsError
+from classifier.options import add_data_dir, add_no_download
 
 # Drawings read of each real set by default: enough for every class and writer, about a minute.
 REAL_DRAWINGS = 1000
@@ -96,7 +98,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
 
         result = evaluate_model(predictor.model, test, predictor.device)
-        summary = {
+        summary: dict[str, Any] = {
             "model": predictor.version,
             "architecture": predictor.metadata.get("architecture"),
             "weights": str(options["weights"]),
@@ -120,8 +122,8 @@ class Command(BaseCommand):
             report["eval_letters_unseen"] = not detector.get("every_letter", False)
             summary["not_a_digit"] = report
         if options["real_drawings"] > 0:
-            sets = read_sets(options["data_dir"], limit=options["real_drawings"])
-            summary["real_sets"] = real_sets_report(predictor, prepare_all(sets))
+            drawn = read_sets(options["data_dir"], limit=options["real_drawings"])
+            summary["real_sets"] = real_sets_report(predictor, prepare_all(drawn))
         if options["json"]:
             self.stdout.write(json.dumps(summary))
             return
@@ -142,9 +144,8 @@ class Command(BaseCommand):
             f"Kept and right: {100 * mnist['kept_and_right']:.2f}%, turned away as no digit: "
             f"{100 * mnist['turned_away']:.2f}%"
         )
-        report = summary.get("not_a_digit")
-        if report:
-            self._rejection_lines(report)
+        if summary.get("not_a_digit"):
+            self._rejection_lines(summary["not_a_digit"])
         if "real_sets" in summary:
             self.stdout.write("Drawings by people (kept and right: read right, not turned away):")
             for line in summary_lines(summary["real_sets"]):

@@ -5,7 +5,7 @@ free local port, and its URL handed to the other processes. With REDIS_URL set, 
 used. Ctrl-C or SIGTERM stops everything, the web server first and Redis last.
 
 A worker that dies (a crash, SIGKILL, out of memory) is started again in its own slot, with the
-same node name and metrics port, after a backoff (digits_site.devstack.RestartPolicy: 1 s,
+same node name and metrics port, after a backoff (classifier.management.devstack.RestartPolicy: 1 s,
 doubling, at most 5 restarts a minute); meanwhile the web server keeps answering, `unavailable`
 while no worker is alive. Past the limit, or when the web server dies, everything is stopped and
 the command exits non-zero saying why.
@@ -13,7 +13,8 @@ the command exits non-zero saying why.
 Unless only workers are started, the database's migrations are applied first (SQLite's folder
 created when missing), so `make run` and the web container need no setup step.
 
-The processes and their command lines are digits_site.devstack's; this command supervises them.
+The processes and their command lines are in classifier/management/devstack.py; this command
+supervises them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 
-from digits_site.devstack import (
+from classifier.management.devstack import (
     EmbeddedRedis,
     RestartPolicy,
     port_open,

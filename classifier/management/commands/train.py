@@ -1,10 +1,10 @@
 """`python manage.py train`: train the CNN on MNIST, test it once, store weights and a report.
 
-A thin adapter: options and settings in, `classifier.ml.training` does the work. The new model
+A thin adapter: options and settings in, `classifier.ml.training.train` does the work. The new model
 goes into the model store beside the served weights (`classifier.ml.modelstore`), and it replaces
 the served model (running workers switch to it) only when nothing usable is served yet, when
 `--serve` says so, or when it passes `retrain`'s promotion gate against the served model
-(`classifier.management.judging`); otherwise the served model stays and the output says why and
+(`classifier.corrections.judging`); otherwise the served model stays and the output says why and
 how to serve the new one. Serving takes the serving lock (`classifier.ml.modellock`); with
 `--serve` it is held from the start, so a second run exits at once instead of training in vain.
 """
@@ -22,24 +22,30 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, DatabaseError
 from torch import nn
 
-from classifier.management.judging import SplitCorrections, scores, split_corrections
-from classifier.management.options import (
+from classifier.corrections.judging import SplitCorrections, scores, split_corrections
+from classifier.ml import modelstore
+from classifier.ml.devices import resolve_device
+from classifier.ml.model import build_model
+from classifier.ml.modellock import LockHeld, serving_lock
+from classifier.ml.training.calibration import calibrate
+from classifier.ml.training.config import TrainConfig
+from classifier.ml.training.data import DataError, MnistData, load_mnist
+from classifier.ml.training.finetune import Decision, Scores, gate
+from classifier.ml.training.realdata import DIGIT_DATASETS, MNIST_LICENCE, pen_split
+from classifier.ml.training.report import (
+    build_report,
+    format_confusion,
+    per_digit_dict,
+    write_report,
+)
+from classifier.ml.training.train import EpochStats, evaluate_model, train
+from classifier.ml.weights import config_from_metadata, load_weights
+from classifier.options import (
     add_config_options,
     add_data_dir,
     add_no_download,
     config_from_options,
 )
-from classifier.ml import modelstore
-from classifier.ml.data import DataError, MnistData, load_mnist
-from classifier.ml.devices import resolve_device
-from classifier.ml.finetune import Decision, Scores, gate
-from classifier.ml.model import build_model
-from classifier.ml.modellock import LockHeld, serving_lock
-from classifier.ml.realdata import DIGIT_DATASETS, MNIST_LICENCE, pen_split
-from classifier.ml.rejection import DETECTOR_SCORE, calibrate, has_detector
-from classifier.ml.report import build_report, format_confusion, per_digit_dict, write_report
-from classifier.ml.training import EpochStats, TrainConfig, evaluate_model, train
-from classifier.ml.weights import config_from_metadata, load_weights
 
 
 class Command(BaseCommand):
@@ -139,8 +145,7 @@ class Command(BaseCommand):
         except ValueError as exc:  # e.g. --device cuda without a GPU
             raise CommandError(str(exc)) from exc
         test = evaluate_model(result.model, data.test, result.device)
-        score = DETECTOR_SCORE if has_detector(result.model) else config.score
-        rejection = calibrate(result.model, data.validation, score)
+        rejection = calibrate(result.model, data.validation)  # the default score, msp
 
         metadata = {
             "architecture": config.architecture,
@@ -247,19 +252,20 @@ class Command(BaseCommand):
         train_count = 0 if judge is None else len(judge.train_idx)
         held_count = 0 if judge is None else len(judge.held_idx)
         state, metadata = load_weights(output)
-        if not held_count:
+        if judge is None or not held_count:
             return gate(None, Scores(metadata.get("test_accuracy") or 0.0, None), train_count, 0)
         served_model = build_model(config_from_metadata(metadata))
         served_model.load_state_dict(state)
         held_out = judge.held_out()
         served = scores(served_model, data.test, held_out, device)
+        assert served.held_out is not None  # scored on the held-out corrections
         held = evaluate_model(model, held_out, resolve_device(device)).accuracy
         model.to("cpu")
         candidate = Scores(mnist_test=mnist_test, held_out=held)
         self.stdout.write(
             f"served {metadata['version']}: MNIST test {100 * served.mnist_test:.2f}%, held-out "
             f"{100 * served.held_out:.2f}%; new: MNIST test {100 * candidate.mnist_test:.2f}%, "
-            f"held-out {100 * candidate.held_out:.2f}%"
+            f"held-out {100 * held:.2f}%"
         )
         return gate(candidate, served, train_count, held_count)
 

@@ -1,9 +1,9 @@
 """`python manage.py train_detector`: add a "not a digit" head to saved weights, the rest frozen.
 
-A thin adapter: options in, `classifier.ml.detector` does the work. The network's own tensors are
-copied unchanged, so its digits and its test accuracy stay those of `--base-weights`; the head's
-threshold is chosen on the validation digits and canvas drawings of them
-(`classifier.ml.rejection.choose_threshold`) and stored in the metadata.
+A thin adapter: options in, `classifier.ml.training.detector` does the work. The network's own
+tensors are copied unchanged, so its digits and its test accuracy stay those of `--base-weights`;
+the head's threshold is chosen on the validation digits and canvas drawings of them
+(`classifier.ml.training.calibration.choose_threshold`) and stored in the metadata.
 """
 
 from __future__ import annotations
@@ -16,19 +16,20 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from classifier.management.options import (
+from classifier.ml.model import build_model, network_tensors
+from classifier.ml.rejection import DETECTOR_SCORE
+from classifier.ml.training.calibration import choose_threshold
+from classifier.ml.training.data import DataError, load_mnist
+from classifier.ml.training.detector import DetectorConfig, make_pools, train_detector
+from classifier.ml.training.realdata import NONDIGIT_DATASETS, pen_split, render
+from classifier.ml.training.train import evaluate_model
+from classifier.ml.weights import WeightsError, config_from_metadata, load_weights, save_weights
+from classifier.options import (
     add_config_options,
     add_data_dir,
     add_no_download,
     config_from_options,
 )
-from classifier.ml.data import DataError, load_mnist
-from classifier.ml.detector import DetectorConfig, make_pools, train_detector
-from classifier.ml.model import build_model, network_tensors
-from classifier.ml.realdata import NONDIGIT_DATASETS, pen_split, render
-from classifier.ml.rejection import DETECTOR_SCORE, choose_threshold
-from classifier.ml.training import evaluate_model
-from classifier.ml.weights import WeightsError, config_from_metadata, load_weights, save_weights
 
 # Metadata of the base weights that describes the file, not the network: written afresh.
 _FILE_KEYS = ("version", "created", "torch_version", "format", "rejection", "command")
@@ -111,7 +112,7 @@ class Command(BaseCommand):
                 "command": "python manage.py train_detector " + shlex.join(sys.argv[2:]),
             },
         }
-        if config.real:
+        if real is not None:
             datasets = {**base_meta.get("datasets", {}), **NONDIGIT_DATASETS}
             metadata["datasets"] = datasets
             metadata["detector"]["threshold_writers"] = sorted({int(w) for w in real.writers})

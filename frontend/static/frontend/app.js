@@ -24,7 +24,7 @@ const ASPECT = { digit: 1, number: 2 };
 const LIVE_INTERVAL_MS = 150;
 /** Live requests in flight at once; more would only queue behind each other. */
 const MAX_LIVE_IN_FLIGHT = 2;
-/** After `rate_limited` or `busy`, ask again for the current drawing after this pause. */
+/** After `rate_limited`, ask again for the current drawing after this pause. */
 const RETRY_BUSY_MS = 1_000;
 /** Below this the answer comes with the runner-up, so a person sees what the model hesitates on. */
 const UNSURE_BELOW = 0.6;
@@ -46,20 +46,39 @@ const HINT_TEXT = {
   number: "Write a number, digits side by side, with a mouse, finger or pen. The answer updates as you draw.",
 };
 
+/** An entry of ERROR_TEXT that shows the server's own sentence (it names the limit or the failure). */
+const SERVER_TEXT = null;
+const UNREADABLE_DRAWING = "The server could not read the drawing. Reset and draw again.";
+const PAGE_FAULT = "The server could not read what the page sent. Reload the page and try again.";
+/** What the page says for each error code the socket can send (classifier/serving/protocol.py;
+ * tests/frontend/test_error_codes.py holds the two to each other). */
 const ERROR_TEXT = {
   empty: "Draw a digit first: the canvas is blank.",
   too_many_digits: "Too many digits: a number may have at most 12.",
   rate_limited: "Too many requests at once. Slow down a little; the page asks again in a moment.",
-  busy: "The server is busy. The page asks again in a moment.",
   unavailable: "No model worker is running, so nobody can answer. Start a worker and try again.",
   timeout: "No answer in time: the model is very busy or no worker is running. Try again.",
-  invalid_image: "The server could not read the drawing. Reset and draw again.",
-  bad_ink: "The server could not read the drawing. Reset and draw again.",
+  internal: SERVER_TEXT,
+  invalid_image: UNREADABLE_DRAWING,
+  bad_ink: UNREADABLE_DRAWING,
   too_large: "The drawing has too many strokes or points. Reset and draw again, more simply.",
+  image_too_large: "The drawing is too large to send. Reset and draw again, more simply.",
+  frame_too_large: "The drawing is too large to send. Reset and draw again, more simply.",
   feedback_limit:
     "Thank you: that is as many corrections as one person may send in an hour. Please try again later.",
+  too_many_connections: SERVER_TEXT,
+  // The page sends none of these; a server that answers them has met another version of the page.
+  binary_frame: PAGE_FAULT,
+  bad_json: PAGE_FAULT,
+  bad_frame: PAGE_FAULT,
+  unknown_type: PAGE_FAULT,
+  bad_id: PAGE_FAULT,
+  bad_label: PAGE_FAULT,
+  bad_data_url: PAGE_FAULT,
+  unsupported_type: PAGE_FAULT,
+  bad_base64: PAGE_FAULT,
 };
-const RETRY_CODES = new Set(["rate_limited", "busy"]);
+const RETRY_CODES = new Set(["rate_limited"]);
 
 const CONNECTION_TEXT = {
   [STATE.CONNECTING]: "Connecting…",
