@@ -77,6 +77,11 @@ class TrainConfig:
         "needs pendigits/ under --data-dir); 0: MNIST only",
     )
     styles_share: float = option(0.25, "share of the real digits that are styles")
+    page_share: float = option(
+        0.0,
+        "share of the real digits drawn as the page draws them and preprocessed as its PNG is, "
+        "rather than rasterized as ink; 0: ink only",
+    )
 
     def __post_init__(self) -> None:
         check_run_options(self)
@@ -84,6 +89,8 @@ class TrainConfig:
             raise ValueError("real_per_batch must not be negative.")
         if not 0.0 <= self.styles_share <= 1.0:
             raise ValueError("styles_share must be in [0, 1].")
+        if not 0.0 <= self.page_share <= 1.0:
+            raise ValueError("page_share must be in [0, 1].")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}.")
 

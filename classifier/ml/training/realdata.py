@@ -24,7 +24,10 @@ import numpy as np
 import torch
 
 from classifier.ml.ink import Ink, bounds
+from classifier.ml.input import ImageError
+from classifier.ml.preprocessing import to_mnist
 from classifier.ml.rasterizer import rasterize
+from classifier.ml.training.canvas import draw_page, page_ink
 from classifier.ml.training.drawings import (
     lookalikes,
     pendigits,
@@ -105,6 +108,22 @@ def render(
         ]
     )
     return _shrunk(images, rng.uniform(*config.scale, size=len(images)))
+
+
+def render_pages(inks: Sequence[Ink], rng: np.random.Generator, config: InkAugment) -> np.ndarray:
+    """uint8 (N, 28, 28) of `inks` augmented (`augment_ink`), placed on the page's pad at a random
+    size and drawn with its brush, then preprocessed as the worker preprocesses a PNG: what a
+    client sending the page's picture instead of its strokes gives the network. The brush is the
+    page's, not in proportion to the digit, so a tall one with a long flag looks as it does there.
+    A drawing the preprocessing refuses (nothing left) is rasterized as ink instead."""
+    out = np.empty((len(inks), 28, 28), np.uint8)
+    for i, ink in enumerate(inks):
+        drawn = augment_ink(ink, rng, config)
+        try:
+            out[i] = to_mnist(draw_page(page_ink(drawn, rng=rng)))
+        except ImageError:
+            out[i] = rasterize([drawn])[0]
+    return out
 
 
 def render_copies(inks: Sequence[Ink], copies: int, seed: int) -> np.ndarray:
@@ -201,11 +220,15 @@ def training_nondigits(data_dir: Path) -> list[Ink]:
 
 class RealStream:
     """Batches of augmented real digits for the training loop: pen digits of the training
-    writers, and a share `styles_share` of styles made from them, rasterized afresh each time."""
+    writers, and a share `styles_share` of styles made from them, rasterized afresh each time;
+    a share `page_share` of them drawn as the page's PNG instead (`render_pages`)."""
 
-    def __init__(self, split: PenSplit, styles_share: float, seed: int) -> None:
+    def __init__(
+        self, split: PenSplit, styles_share: float, seed: int, page_share: float = 0.0
+    ) -> None:
         self.split = split
         self.styles_share = styles_share
+        self.page_share = page_share
         self.rng = np.random.default_rng(seed)
         self.config = InkAugment()
 
@@ -221,7 +244,17 @@ class RealStream:
             pick = self.rng.integers(len(pool), size=n)
             chosen += [pool.inks[i] for i in pick]
             labels.append(pool.labels[pick])
-        images = render(chosen, self.rng, self.config)
+        if not self.page_share:  # the draws of a run without pages stay as they were
+            images = render(chosen, self.rng, self.config)
+        else:
+            on_page = self.rng.random(len(chosen)) < self.page_share
+            images = np.empty((len(chosen), 28, 28), np.uint8)
+            as_ink = [ink for ink, page in zip(chosen, on_page, strict=True) if not page]
+            as_page = [ink for ink, page in zip(chosen, on_page, strict=True) if page]
+            if as_ink:
+                images[~on_page] = render(as_ink, self.rng, self.config)
+            if as_page:
+                images[on_page] = render_pages(as_page, self.rng, self.config)
         return torch.from_numpy(images), torch.from_numpy(np.concatenate(labels))
 
     def validation(self) -> tuple[torch.Tensor, torch.Tensor]:

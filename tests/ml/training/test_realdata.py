@@ -67,6 +67,25 @@ def test_stream_batches_are_seeded_and_mix_in_styles(split):
     assert len(validation) == len(truth) == len(split.validation)
 
 
+def test_page_drawings_are_the_pngs_the_worker_reads(split):
+    """A share of the stream drawn as the page's PNG: the page's brush and the worker's
+    preprocessing, not the rasterizer's pen in proportion to the digit."""
+    inks = split.train.inks[:6]
+    pages = realdata.render_pages(inks, np.random.default_rng(0), realdata.InkAugment())
+    assert pages.shape == (6, 28, 28) and pages.dtype == np.uint8
+    assert all(p.max() > 200 for p in pages)
+    assert not np.array_equal(pages, realdata.render(inks, np.random.default_rng(0)))
+    paged = realdata.RealStream(split, 0.25, 3, page_share=1.0)
+    images, labels = paged.batch(32)
+    again, same = realdata.RealStream(split, 0.25, 3, page_share=1.0).batch(32)
+    assert torch.equal(images, again) and torch.equal(labels, same)
+    # Without pages the stream draws exactly as before the option existed.
+    a, b = realdata.RealStream(split, 0.5, 3), realdata.RealStream(split, 0.5, 3, page_share=0.0)
+    assert torch.equal(a.batch(16)[0], b.batch(16)[0])
+    mixed = realdata.RealStream(split, 0.25, 5, page_share=0.5).batch(64)[0]
+    assert mixed.shape == (64, 28, 28) and bool((mixed.flatten(1).amax(1) > 200).all())
+
+
 def test_training_nondigits_leave_out_lookalikes_and_held_out_words():
     doodles(), symbol_drawings()
     inks = realdata.training_nondigits(data_folder())
@@ -127,6 +146,8 @@ def test_config_refuses_bad_real_options():
         TrainConfig(styles_share=1.5)
     with pytest.raises(ValueError, match="real_per_batch"):
         TrainConfig(real_per_batch=-1)
+    with pytest.raises(ValueError, match="page_share"):
+        TrainConfig(page_share=-0.1)
 
 
 @pytest.mark.slow
