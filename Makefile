@@ -63,7 +63,7 @@ format: $(STAMP)
 TRAIN_DIR      ?= build/train
 TRAIN_DATA_DIR ?= $${DIGITS_DATA_DIR:-$(TEST_DATA_DIR)}
 train: $(STAMP)
-	$(PY) manage.py train --epochs 10 --architecture digits-cnn-v1 --real-per-batch 32 \
+	$(PY) manage.py train --epochs 12 --architecture digits-cnn-v1 --real-per-batch 32 --page-share 0.3 \
 		--threads 2 --no-progress --data-dir $(TRAIN_DATA_DIR) \
 		--output $(TRAIN_DIR)/network/digits-cnn.safetensors --serve
 	$(PY) manage.py train_detector --real --outlier-pool 24000 --drawn-pool 10000 \
