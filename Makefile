@@ -63,10 +63,11 @@ format: $(STAMP)
 TRAIN_DIR      ?= build/train
 TRAIN_DATA_DIR ?= $${DIGITS_DATA_DIR:-$(TEST_DATA_DIR)}
 train: $(STAMP)
-	$(PY) manage.py train --epochs 12 --architecture digits-cnn-v1 --real-per-batch 32 --page-share 0.3 \
-		--threads 2 --no-progress --data-dir $(TRAIN_DATA_DIR) \
+	$(PY) manage.py train --epochs 12 --architecture digits-cnn-v1 --real-per-batch 32 \
+		--page-share 0.3 --number-share 0.15 --threads 2 --no-progress --data-dir $(TRAIN_DATA_DIR) \
 		--output $(TRAIN_DIR)/network/digits-cnn.safetensors --serve
-	$(PY) manage.py train_detector --real --outlier-pool 24000 --drawn-pool 10000 \
+	$(PY) manage.py train_detector --real --page-copies 1 --symbols-weight 0.5 \
+		--outlier-pool 24000 --drawn-pool 10000 \
 		--mnist-digits 30000 --epochs 20 --threads 2 --data-dir $(TRAIN_DATA_DIR) \
 		--base-weights $(TRAIN_DIR)/network/digits-cnn.safetensors \
 		--output $(TRAIN_DIR)/digits-cnn.safetensors

@@ -4,7 +4,7 @@ read in number mode against digit mode.
     .venv/bin/python -m benchmarks.number_accuracy [--count 300] [--lengths 2-8] [--seed 0]
         [--data-dir DIR] [--weights PATH]
     .venv/bin/python -m benchmarks.number_accuracy --source pendigits [--input ink|png|both]
-        [--writers 11-30] [--no-times] [--late 0.0] [--count 300] [--lengths 2-8]
+        [--writers held-out] [--no-times] [--late 0.0] [--count 300] [--lengths 2-8]
 
 Numbers are drawn by the project's generator (classifier/ml/training/numbers.py) on the page's
 768x384 number canvas, from the stroke templates ("pen") and from MNIST test digits redrawn along
@@ -16,7 +16,8 @@ as 28x28 bitmaps and redrawn alone on the number canvas) are sent both ways: `pr
 mode) and `segment_bytes` (number mode).
 
 `--source pendigits` measures numbers written by real people instead: each composed of one pen
-digits writer's digits (`--writers`, by default 11-30, the writers training never sees) as ink
+digits writer's digits (`--writers`: by default `held-out`, the validation writers that training
+never sees, `splits.split_pendigits`; or a range such as 1-30) as ink
 (classifier/ml/training/ink_numbers.py), with every gap kind, and sent both ways the service reads
 them (`--input`): as ink through `segment_ink` (strokes grouped into digits), and as the PNG the
 page would send of the same strokes (the 768x384 number canvas exported at 384x192, drawn as the
@@ -49,7 +50,7 @@ from classifier.ml.training.canvas import (
     to_png,
 )
 from classifier.ml.training.data import load_test_split
-from classifier.ml.training.drawings import pendigits
+from classifier.ml.training.drawings import pendigits, splits
 from classifier.ml.training.ink_numbers import InkNumber, number_from, pools
 from classifier.ml.training.numbers import (
     GAPS,
@@ -62,6 +63,7 @@ from classifier.ml.training.numbers import (
 
 IN_A_ROW = ("tight", "normal", "wide")
 INPUTS = ("ink", "png")
+HELD_OUT = "held-out"
 
 
 def read(predictor: Predictor, png: bytes) -> str:
@@ -78,7 +80,7 @@ def read_found(predictor: Predictor, find) -> str:
         digits = found.read(scored.probabilities)
     except ImageError:
         return ""
-    if not all(scored.is_digit[d.crop] for d in digits):
+    if not all(scored.piece_is_digit[d.crop] for d in digits):
         return ""
     return "".join(str(int(d.probabilities.argmax())) for d in digits)
 
@@ -135,10 +137,18 @@ def page_png(number: InkNumber) -> bytes:
     return to_png(draw_page(ink, round(width * scale), PAGE_EXPORT_SIZE))
 
 
+def pen_writers(text: str, drawings: list) -> list[int]:
+    """The writers `--writers` names: `held-out` (the validation writers) or a range."""
+    if text == HELD_OUT:
+        return sorted({d.writer for d in splits.split_pendigits(drawings)[1]})
+    return parse_lengths(text)
+
+
 def pen_writers_numbers(args: argparse.Namespace, predictor: Predictor) -> None:
     """Numbers of real writers' digits, sent as ink, as PNG or both (module docstring)."""
-    writers = parse_lengths(args.writers)
-    by_writer = pools(pendigits.read(pendigits.path_in(args.data_dir)))
+    drawings = pendigits.read(pendigits.path_in(args.data_dir))
+    writers = pen_writers(args.writers, drawings)
+    by_writer = pools(drawings)
     writers = [w for w in writers if w in by_writer]
     inputs = INPUTS if args.input == "both" else (args.input,)
     lengths = parse_lengths(args.lengths)
@@ -167,7 +177,7 @@ def pen_writers_numbers(args: argparse.Namespace, predictor: Predictor) -> None:
                 tallies[name].add(keys, number.label, got)
     total = per_length * len(lengths)
     print(
-        f"Numbers of pen digits writers {args.writers} ({len(writers)} writers), {per_length} "
+        f"Numbers of pen digits writers {args.writers} {writers}, {per_length} "
         f"per length, gaps from overlapping to wide, ink {'with' if args.times else 'without'} "
         f"times, late strokes {args.late:.0%}:"
     )
@@ -205,7 +215,10 @@ def main() -> int:
         help="pendigits: how the numbers are sent (default: both)",
     )
     parser.add_argument(
-        "--writers", default="11-30", help="pendigits: the writers (default: 11-30)"
+        "--writers",
+        default=HELD_OUT,
+        help=f"pendigits: the writers, {HELD_OUT!r} (the validation writers training never "
+        f"sees) or a range such as 1-30 (default: {HELD_OUT})",
     )
     parser.add_argument(
         "--times",

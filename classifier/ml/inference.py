@@ -99,6 +99,13 @@ class Scored:
     scores: np.ndarray
     is_digit: np.ndarray
     version: str
+    # Whether each, as a piece of a number, is a digit (`Rejection.number_threshold`).
+    in_number: np.ndarray | None = None
+
+    @property
+    def piece_is_digit(self) -> np.ndarray:
+        """`in_number`, or `is_digit` where the weights judge pieces alike."""
+        return self.is_digit if self.in_number is None else self.in_number
 
 
 class Predictor:
@@ -188,14 +195,16 @@ class Predictor:
             else:
                 scores = rejection.scores(logits, detector)
             if rejection is None:
-                is_digit = torch.ones_like(scores, dtype=torch.bool)
+                is_digit = in_number = torch.ones_like(scores, dtype=torch.bool)
             else:
                 is_digit = scores >= rejection.threshold
+                in_number = scores >= rejection.piece_threshold
         return Scored(
             probabilities=probabilities.cpu().numpy().astype(np.float32, copy=False),
             scores=scores.cpu().numpy().astype(np.float32, copy=False),
             is_digit=is_digit.cpu().numpy(),
             version=loaded.version,
+            in_number=in_number.cpu().numpy(),
         )
 
     def predict_with_version(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, str]:

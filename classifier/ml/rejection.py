@@ -41,11 +41,15 @@ SCORE_BATCH = 1000
 @dataclass(frozen=True)
 class Rejection:
     """How a model tells digits from non-digits: `score` of the logits at `temperature`; at or
-    above `threshold` the drawing is a digit."""
+    above `threshold` the drawing is a digit. A piece of a number is a digit at or above
+    `number_threshold` (None: `threshold`): the person said they wrote a number, and one piece
+    turned away leaves the whole number unread, so a piece needs less to be kept than a drawing
+    alone (docs/decisions/0015-two-thresholds.md)."""
 
     score: str
     threshold: float
     temperature: float = 1.0
+    number_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
@@ -54,6 +58,13 @@ class Rejection:
             raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"temperature must be positive, got {self.temperature!r}")
+        if self.number_threshold is not None and not math.isfinite(self.number_threshold):
+            raise ValueError(f"number_threshold must be finite, got {self.number_threshold!r}")
+
+    @property
+    def piece_threshold(self) -> float:
+        """The threshold a piece of a number is judged by."""
+        return self.threshold if self.number_threshold is None else self.number_threshold
 
     def scores(self, logits: torch.Tensor, detector: torch.Tensor | None = None) -> torch.Tensor:
         """The score of each row of logits (N, 10); the "detector" score is the detector's
@@ -64,7 +75,10 @@ class Rejection:
         return self.scores(logits, detector) >= self.threshold
 
     def as_dict(self) -> dict[str, float | str]:
-        return asdict(self)
+        out = asdict(self)
+        if self.number_threshold is None:  # as weights from before it existed store it
+            del out["number_threshold"]
+        return out
 
     @classmethod
     def from_dict(cls, values: Mapping) -> Rejection:
@@ -76,6 +90,11 @@ class Rejection:
                 score=str(values["score"]),
                 threshold=float(values["threshold"]),
                 temperature=float(values.get("temperature", 1.0)),
+                number_threshold=(
+                    None
+                    if values.get("number_threshold") is None
+                    else float(values["number_threshold"])
+                ),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"bad rejection settings {values!r}") from exc

@@ -242,6 +242,7 @@ def answer_batch(
     for (item, prepared), end, stack in zip(good, ends, stacks, strict=True):
         probs = scores.probabilities[end - len(stack) : end]
         is_digit = scores.is_digit[end - len(stack) : end]
+        in_number = scores.piece_is_digit[end - len(stack) : end]
         if item.kind == FEEDBACK:
             answers.append(_store(item, prepared, probs[0], version))
             continue
@@ -253,7 +254,7 @@ def answer_batch(
         }
         if prepared.segmentation is not None:
             answers.append(
-                _number(item, prepared.segmentation, probs, is_digit, version, timings, scored)
+                _number(item, prepared.segmentation, probs, in_number, version, timings, scored)
             )
             continue
         assert prepared.image is not None  # a digit's, prepared without an error
@@ -280,7 +281,7 @@ def _number(
     scored: int,
 ) -> Answer:
     """The answer to a number: its digits read from the crops' probabilities, each with the
-    not-a-digit decision on its crop."""
+    not-a-digit decision on its crop (as a piece of a number: `Scored.piece_is_digit`)."""
     try:
         digits = segmentation.read(probabilities)
     except ImageError as exc:

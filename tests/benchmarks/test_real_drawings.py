@@ -52,9 +52,10 @@ def test_weights_are_compared_side_by_side_on_every_set():
     text = "\n".join(lines)
     assert lines[0].startswith("weights: [0] digits-cnn") and "[1] digits-cnn" in lines[0]
     header = next(line for line in lines if "[0] ink" in line)
-    assert header.split() == ["[0]", "ink", "[0]", "png", "[1]", "ink", "[1]", "png"]
+    ways = ["ink", "png", "bitmap"]
+    assert header.split() == [w for i in (0, 1) for way in ways for w in (f"[{i}]", way)]
     kept = next(line for line in lines if line.strip().startswith("kept_and_right"))
-    assert len(kept.split()) == 1 + 4 and all(v.endswith("%") for v in kept.split()[1:])
+    assert len(kept.split()) == 1 + 6 and all(v.endswith("%") for v in kept.split()[1:])
     assert "class 7, kept and right" in text and "slashed zero, turned away" in text
     assert "[0] ink worst writers: " in text and "[1] png worst styles: " in text
     assert "look-alikes kept" in text and "[0] ink most kept: cat" in text

@@ -203,3 +203,26 @@ def test_promotion_writes_the_weights_and_models_go_back(weights, data_dir):
     with pytest.raises(CommandError, match="no stored model 'nope'"):
         run("models", "--weights", str(weights), "use", "nope")
     assert load_weights(weights)[1]["version"] == old
+
+
+@pytest.mark.slow
+def test_a_candidate_s_two_thresholds_are_chosen_again_on_real_digits(mnist, data_dir, tmp_path):
+    """Served weights that judge a number's pieces apart get both thresholds chosen again, on
+    the validation writers' pen digits when they are under --data-dir; without them, one."""
+    import dataclasses
+
+    from classifier.corrections.management.commands.retrain import Command
+    from tests.ml.training.realdata import pen_digits
+
+    pen_digits()  # skipped, saying where, when the pen digits are absent
+    mnist = dataclasses.replace(mnist, validation=mnist.validation.head(500))
+    torch.manual_seed(0)
+    model = build_model(FAST_ARCHITECTURE).eval()
+    served = {"rejection": {"score": "msp", "threshold": 0.9, "number_threshold": 0.5}}
+    command = Command(stdout=io.StringIO())
+    both = Rejection.from_dict(command._rejection(model, mnist, served, data_dir))
+    assert both.number_threshold is not None and both.number_threshold <= both.threshold
+    assert "writers' pen digits" in command.stdout.getvalue()
+    alone = Rejection.from_dict(command._rejection(model, mnist, served, tmp_path))
+    assert alone.number_threshold is None
+    assert "not under --data-dir" in command.stdout.getvalue()

@@ -30,7 +30,7 @@ def test_evaluate_json_reports_every_real_set(data_dir):
     real = result["real_sets"]
     assert list(real) == ["pendigits", "styles", "quickdraw", "symbols"]
     for name in ("pendigits", "styles"):
-        assert real[name]["count"] == 60 and set(real[name]["ways"]) == {"ink", "png"}
+        assert real[name]["count"] == 60 and set(real[name]["ways"]) == {"ink", "png", "bitmap"}
     pen = real["pendigits"]["ways"]["ink"]
     assert pen["count"] == 60 and len(pen["worst_writers"]) == 5
     assert set(pen["per_class"]) <= {str(d) for d in range(10)}

@@ -32,9 +32,20 @@ def test_rejection_settings_round_trip_and_bad_ones_are_refused() -> None:
         {"score": "entropy", "threshold": 1},
         {"score": "msp", "threshold": float("nan")},
         {"score": "msp", "threshold": 0.5, "temperature": 0},
+        {"score": "msp", "threshold": 0.5, "number_threshold": float("inf")},
         "msp",
     ):
         with pytest.raises(ValueError):
             Rejection.from_dict(bad)
     logits = torch.tensor([[9.0] + [0.0] * 9, [0.1] * 10])
     assert rejection.is_digit(logits).tolist() == [True, False]
+
+
+def test_a_number_s_pieces_have_a_threshold_of_their_own() -> None:
+    """Weights stored before pieces had their own threshold judge them as drawings alone."""
+    alike = Rejection(score="detector", threshold=-4.0)
+    assert alike.piece_threshold == -4.0 and "number_threshold" not in alike.as_dict()
+    two = Rejection(score="detector", threshold=-4.0, number_threshold=-7.5)
+    assert two.piece_threshold == -7.5
+    assert Rejection.from_dict(two.as_dict()) == two
+    assert Rejection.from_dict({**two.as_dict(), "number_threshold": None}) == alike

@@ -22,6 +22,7 @@ from classifier.ml.preprocessing import preprocess
 from classifier.ml.training.canvas import to_png
 from classifier.ml.training.outliers import split_rng
 from classifier.ml.training.strokes import draw_strokes
+from classifier.ml.weights import load_weights, save_weights
 from classifier.serving import enqueue, protocol
 from classifier.serving.batch import answer_batch
 from tests.helpers import blank_png, render_digit_png, shipped_weights
@@ -399,3 +400,32 @@ def test_a_number_with_a_piece_that_is_no_digit_reads_no_number(predictor: Predi
     assert [d["is_digit"] for d in answer["digits"]] == [True, False]
     assert answer["digits"][0]["digit"] == 3
     assert answer["number"] is None and answer["digit"] is None
+
+
+def test_a_number_s_pieces_are_judged_by_the_number_threshold(predictor: Predictor, tmp_path):
+    """The same 3 beside a star, sent as a number and the star alone as a digit, by weights
+    whose pieces of a number pass at any score: the number keeps its star (read as a digit),
+    the star alone is still no digit."""
+    from PIL import Image
+
+    tensors, metadata = load_weights(shipped_weights())
+    rejection = {**metadata["rejection"], "number_threshold": -1e9}
+    kept = {k: v for k, v in metadata.items() if k not in ("version", "created")}
+    save_weights(tensors, tmp_path / "pieces.safetensors", {**kept, "rejection": rejection})
+    lenient = Predictor.load(tmp_path / "pieces.safetensors", device="cpu")
+    assert lenient.rejection is not None and lenient.rejection.number_threshold == -1e9
+
+    rng = split_rng("eval", 1)
+    star = [[(0.5, 0.0), (0.8, 1.0), (0.0, 0.35), (1.0, 0.35), (0.2, 1.0), (0.5, 0.0)]]
+    left = Image.open(io.BytesIO(render_digit_png(3))).convert("L")
+    right = draw_strokes(star, rng, size=left.height, turn=0.0).convert("L")
+    both = Image.new("L", (left.width + right.width, left.height), 0)
+    both.paste(left, (0, 0))
+    both.paste(right, (left.width, 0))
+    sent = [number_item("mixed", to_png(both)), item("star", to_png(right))]
+    answers = frames(answer_batch(sent, lenient))
+    assert [d["is_digit"] for d in answers["mixed"]["digits"]] == [True, True]
+    assert answers["mixed"]["number"] is not None and answers["mixed"]["number"][0] == "3"
+    assert answers["star"]["is_digit"] is False
+    strict = frames(answer_batch(sent, predictor))
+    assert strict["mixed"]["number"] is None and strict["star"]["is_digit"] is False

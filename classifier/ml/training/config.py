@@ -50,7 +50,7 @@ class TrainConfig:
     are chosen so that a full run fits in five minutes on two CPU cores: 8 epochs took 169-174 s
     and reached 99.61-99.62% with seeds 1-3 (benchmarks/train_speed.py); 6 took 118-145 s for
     99.51-99.59%, too close to 99.5%. The shipped network's recipe (`make train`) changes
-    `epochs`, `architecture`, `real_per_batch` and `threads`.
+    `epochs`, `architecture`, `real_per_batch`, `page_share`, `number_share` and `threads`.
     """
 
     epochs: int = option(8, "passes over the training set")
@@ -82,6 +82,11 @@ class TrainConfig:
         "share of the real digits drawn as the page draws them and preprocessed as its PNG is, "
         "rather than rasterized as ink; 0: ink only",
     )
+    number_share: float = option(
+        0.0,
+        "share of the real digits drawn inside a number of their writer's digits as the page's "
+        "number PNG and cut out as a number's digit is; 0: none",
+    )
 
     def __post_init__(self) -> None:
         check_run_options(self)
@@ -91,6 +96,8 @@ class TrainConfig:
             raise ValueError("styles_share must be in [0, 1].")
         if not 0.0 <= self.page_share <= 1.0:
             raise ValueError("page_share must be in [0, 1].")
+        if not 0.0 <= self.number_share <= 1.0 - self.page_share:
+            raise ValueError("number_share must be in [0, 1 - page_share].")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}.")
 

@@ -47,7 +47,7 @@ from classifier.ml.training.outliers import (
     make_outliers,
     parse_held_out,
 )
-from classifier.ml.training.realdata import pen_split, render_copies, training_nondigits
+from classifier.ml.training.realdata import pen_split, render_copies, training_nondigit_sets
 
 FEATURE_BATCH = 1000
 # Drawn on a half-size canvas, as outlier exposure's pools: preprocessing scales every drawing to
@@ -92,6 +92,16 @@ class DetectorConfig:
         "weight of the real drawings within each half of the loss, against 1 for MNIST digits "
         "and for generated non-digits",
     )
+    symbols_weight: float | None = option(
+        None,
+        "weight of the real symbols within the non-digits' half of the loss, apart from the "
+        "doodles (which keep --real-weight); none: one group with the doodles, weighed by count",
+    )
+    page_copies: int = option(
+        0,
+        "versions of every real drawing, augmented as ink, drawn as the page's PNG and "
+        "preprocessed as a worker does (realdata.render_pages), besides the ink copies",
+    )
     # The shipped head learns every letter: people draw the letters of scripts they know. A
     # measuring run learns two thirds, so that evaluation's third is letters never seen.
     every_letter: bool = option(
@@ -108,8 +118,10 @@ class DetectorConfig:
         for name in ("width", "outlier_pool", "drawn_pool", "mnist_digits", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1.")
-        if self.copies < 0 or self.channels < 0:
-            raise ValueError("copies and channels must not be negative.")
+        if self.copies < 0 or self.channels < 0 or self.page_copies < 0:
+            raise ValueError("copies, page_copies and channels must not be negative.")
+        if self.symbols_weight is not None and self.symbols_weight < 0:
+            raise ValueError("symbols_weight must not be negative.")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("lr must be positive and weight_decay not negative.")
         if self.drawn_weight < 0 or self.real_weight < 0:
@@ -136,6 +148,9 @@ class Pools:
     # Real drawings (`DetectorConfig.real`), each as drawn and in augmented copies already.
     real_digits: np.ndarray = field(default_factory=lambda: np.zeros((0, 28, 28), np.uint8))
     real_outliers: np.ndarray = field(default_factory=lambda: np.zeros((0, 28, 28), np.uint8))
+    # The real symbols when they weigh apart (`DetectorConfig.symbols_weight`), else in
+    # `real_outliers`.
+    real_symbols: np.ndarray = field(default_factory=lambda: np.zeros((0, 28, 28), np.uint8))
 
 
 def make_pools(config: DetectorConfig, train: Split, data_dir: Path | None = None) -> Pools:
@@ -162,11 +177,26 @@ def make_pools(config: DetectorConfig, train: Split, data_dir: Path | None = Non
     if data_dir is None:
         raise ValueError("a detector that learns from real drawings needs their data folder")
     split = pen_split(data_dir, config.seed)
-    real_digits = render_copies(
-        split.train.inks + split.train_styles.inks, config.copies, config.seed
+    copies = (config.copies, config.seed, config.page_copies)
+    real_digits = render_copies(split.train.inks + split.train_styles.inks, *copies)
+    nondigits = training_nondigit_sets(data_dir)
+    if config.symbols_weight is None:
+        real_outliers = render_copies(
+            nondigits["quickdraw"] + nondigits["symbols"],
+            config.copies,
+            config.seed + 1,
+            config.page_copies,
+        )
+        return replace(pools, real_digits=real_digits, real_outliers=real_outliers)
+    real_outliers = render_copies(
+        nondigits["quickdraw"], config.copies, config.seed + 1, config.page_copies
     )
-    real_outliers = render_copies(training_nondigits(data_dir), config.copies, config.seed + 1)
-    return replace(pools, real_digits=real_digits, real_outliers=real_outliers)
+    real_symbols = render_copies(
+        nondigits["symbols"], config.copies, config.seed + 2, config.page_copies
+    )
+    return replace(
+        pools, real_digits=real_digits, real_outliers=real_outliers, real_symbols=real_symbols
+    )
 
 
 def with_detector(
@@ -249,6 +279,7 @@ def _train(
             "outliers": len(pools.outliers),
             "real_digits": len(pools.real_digits),
             "real_outliers": len(pools.real_outliers),
+            "real_symbols": len(pools.real_symbols),
             "feature_rows": len(x),
         },
     )
@@ -269,6 +300,7 @@ def training_rows(
         (pools.real_digits, 0, None, True, config.real_weight),
         (pools.outliers, config.copies, None, False, 1.0),
         (pools.real_outliers, 0, None, False, config.real_weight),
+        (pools.real_symbols, 0, None, False, config.symbols_weight or 0.0),
     ]
     groups = [
         (features_of(model, images, copies, generator, known), digit, weight)

@@ -12,6 +12,9 @@ writers' digits choose the epoch and the detector's threshold.
 Each time a drawing is used it is augmented as ink, with what varies between people and devices
 (`InkAugment`): size and aspect, slant, rotation and shear, the pen's width, jitter of the
 points, dropped points, the page's whole-pixel coordinates at a random drawing size, and speed.
+A real digit is then drawn one of three ways: as ink (the rasterizer), alone on the page's pad as
+its PNG (`render_pages`), or inside a number of the same writer's digits as the page's number PNG,
+cut out as a number's digit is (`render_in_numbers`).
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from classifier.ml.ink import Ink, bounds
+from classifier.ml.ink import Ink, bounds, transformed
 from classifier.ml.input import ImageError
 from classifier.ml.preprocessing import to_mnist
 from classifier.ml.rasterizer import rasterize
-from classifier.ml.training.canvas import draw_page, page_ink
+from classifier.ml.training.canvas import PAGE_EXPORT_SIZE, draw_page, page_ink
 from classifier.ml.training.drawings import (
     lookalikes,
     pendigits,
@@ -36,12 +39,17 @@ from classifier.ml.training.drawings import (
     styles,
     symbols,
 )
+from classifier.ml.training.ink_numbers import compose_number
+from classifier.ml.training.numbers import GAPS, NUMBER_CANVAS
 
 # The datasets a model trained on real drawings learned from, with their licences (metadata).
 MNIST_LICENCE = "as published by LeCun, Cortes and Burges"
 DIGIT_DATASETS = {"MNIST": MNIST_LICENCE, "pendigits": pendigits.LICENCE}
 NONDIGIT_DATASETS = {"quickdraw": quickdraw.LICENCE, "symbols": symbols.LICENCE}
 RASTER_BATCH = 512
+# A digit drawn inside a number (`render_in_numbers`) has 1 to this many of its writer's other
+# digits beside it: numbers of 2 to 6 digits, so digits are as small as in long numbers.
+NUMBER_NEIGHBOURS = 5
 
 
 @dataclass(frozen=True)
@@ -126,10 +134,62 @@ def render_pages(inks: Sequence[Ink], rng: np.random.Generator, config: InkAugme
     return out
 
 
-def render_copies(inks: Sequence[Ink], copies: int, seed: int) -> np.ndarray:
-    """`inks` as the service draws them, then `copies` augmented versions of them (`render`)."""
+def render_in_numbers(
+    inks: Sequence[Ink],
+    neighbours: Sequence[Sequence[Ink]],
+    rng: np.random.Generator,
+    config: InkAugment,
+    gaps: Sequence[str] = tuple(GAPS),
+) -> np.ndarray:
+    """uint8 (N, 28, 28): each ink drawn inside a number, among 1 to `NUMBER_NEIGHBOURS` digits
+    drawn from its `neighbours` (the same writer's), spaced, sized and sloped as people write a
+    number (`ink_numbers.compose_number`, a gap of one of the kinds `gaps`), drawn as the
+    page draws its 768x384 number pad and exported at its PNG's size, then cut out as the number's
+    segmentation cuts a digit (classifier.ml.segmentation): the columns of its ink and brush, with
+    whatever of a touching or overlapping neighbour lies there, preprocessed as a crop is.
+
+    What a PNG client's number gives the network: digits as small as long numbers make them under
+    the page's fixed brush, and a neighbour's ink at the edge. Every drawing is augmented
+    (`augment_ink`); one the preprocessing refuses is rasterized as ink instead."""
+    width, height = NUMBER_CANVAS
+    scale = PAGE_EXPORT_SIZE / height
+    export_w = round(width * scale)
+    out = np.empty((len(inks), 28, 28), np.uint8)
+    for i, (ink, pool) in enumerate(zip(inks, neighbours, strict=True)):
+        drawn = augment_ink(ink, rng, config)
+        count = int(rng.integers(1, NUMBER_NEIGHBOURS + 1))
+        row = [augment_ink(pool[int(j)], rng, config) for j in rng.integers(len(pool), size=count)]
+        at = int(rng.integers(count + 1))
+        row.insert(at, drawn)
+        gap = str(rng.choice(list(gaps)))
+        number = compose_number(row, "0" * len(row), rng, gap=gap, times=False)
+        x0, _, x1, _ = number.boxes[at]
+        margin = number.brush / 2
+        left = max(0, int((x0 - margin) * scale))
+        right = min(export_w, int(np.ceil((x1 + margin) * scale)))
+        # Only the digit and its two neighbours can reach its columns: the others are not drawn,
+        # and the pad is drawn from the cut's left edge, as wide as the cut.
+        near = [s for s, k in zip(number.ink, number.owners, strict=True) if abs(k - at) <= 1]
+        ink = transformed(tuple(near), np.eye(2) * scale, (-left, 0.0))
+        try:
+            out[i] = to_mnist(draw_page(ink, right - left, PAGE_EXPORT_SIZE))
+        except ImageError:
+            out[i] = rasterize([drawn])[0]
+    return out
+
+
+def render_copies(inks: Sequence[Ink], copies: int, seed: int, page_copies: int = 0) -> np.ndarray:
+    """`inks` as the service draws them, then `copies` augmented versions of them (`render`),
+    then `page_copies` augmented versions drawn as the page's PNG (`render_pages`)."""
     rng = np.random.default_rng(seed)
-    return np.concatenate([render(inks), *(render(inks, rng) for _ in range(copies))])
+    config = InkAugment()
+    return np.concatenate(
+        [
+            render(inks),
+            *(render(inks, rng) for _ in range(copies)),
+            *(render_pages(inks, rng, config) for _ in range(page_copies)),
+        ]
+    )
 
 
 def _shrunk(images: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -202,41 +262,64 @@ def pen_split(data_dir: Path, seed: int = 0) -> PenSplit:
     )
 
 
-def training_nondigits(data_dir: Path) -> list[Ink]:
-    """The doodles of the training words and the symbols of the training symbols
-    (`splits.split_doodles`, `split_symbols`, their defaults), minus every look-alike; a set
-    whose files are absent gives nothing."""
-    inks: list[Ink] = []
+def training_nondigit_sets(data_dir: Path) -> dict[str, list[Ink]]:
+    """The training non-digits by set: under "quickdraw" the doodles of the training words,
+    under "symbols" the symbols of the training symbols (`splits.split_doodles`,
+    `split_symbols`, their defaults), minus every look-alike; a set whose files are absent gives
+    nothing."""
+    sets: dict[str, list[Ink]] = {"quickdraw": [], "symbols": []}
     folder = quickdraw.path_in(data_dir)
     if folder.is_dir():
         train, _ = splits.split_doodles(quickdraw.read(folder))
-        inks += [d.ink for d in train if not lookalikes.is_lookalike("quickdraw", d.word)]
+        sets["quickdraw"] = [
+            d.ink for d in train if not lookalikes.is_lookalike("quickdraw", d.word)
+        ]
     folder = symbols.path_in(data_dir)
     if folder.is_dir():
-        train, _ = splits.split_symbols(symbols.read(folder))
-        inks += [d.ink for d in train if not lookalikes.is_lookalike("symbols", d.name)]
-    return inks
+        drawn, _ = splits.split_symbols(symbols.read(folder))
+        sets["symbols"] = [d.ink for d in drawn if not lookalikes.is_lookalike("symbols", d.name)]
+    return sets
+
+
+def training_nondigits(data_dir: Path) -> list[Ink]:
+    """Every training non-digit (`training_nondigit_sets`), doodles first."""
+    sets = training_nondigit_sets(data_dir)
+    return sets["quickdraw"] + sets["symbols"]
 
 
 class RealStream:
     """Batches of augmented real digits for the training loop: pen digits of the training
     writers, and a share `styles_share` of styles made from them, rasterized afresh each time;
-    a share `page_share` of them drawn as the page's PNG instead (`render_pages`)."""
+    a share `page_share` of them drawn as the page's PNG instead (`render_pages`), and a share
+    `number_share` inside a number of their writer's digits (`render_in_numbers`)."""
 
     def __init__(
-        self, split: PenSplit, styles_share: float, seed: int, page_share: float = 0.0
+        self,
+        split: PenSplit,
+        styles_share: float,
+        seed: int,
+        page_share: float = 0.0,
+        number_share: float = 0.0,
     ) -> None:
+        if page_share + number_share > 1.0:
+            raise ValueError("page_share and number_share add up to at most 1.")
         self.split = split
         self.styles_share = styles_share
         self.page_share = page_share
+        self.number_share = number_share
         self.rng = np.random.default_rng(seed)
         self.config = InkAugment()
+        # Each writer's training digits: the neighbours of a digit drawn inside a number.
+        self.by_writer: dict[int, list[Ink]] = {}
+        for ink, writer in zip(split.train.inks, split.train.writers, strict=True):
+            self.by_writer.setdefault(int(writer), []).append(ink)
 
     def batch(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images (count, 28, 28) and their labels."""
         from_styles = int(self.rng.binomial(count, self.styles_share))
         chosen: list[Ink] = []
         labels: list[np.ndarray] = []
+        writers: list[int] = []
         split = self.split
         for pool, n in ((split.train, count - from_styles), (split.train_styles, from_styles)):
             if not n or not len(pool):
@@ -244,17 +327,25 @@ class RealStream:
             pick = self.rng.integers(len(pool), size=n)
             chosen += [pool.inks[i] for i in pick]
             labels.append(pool.labels[pick])
-        if not self.page_share:  # the draws of a run without pages stay as they were
+            writers += [int(w) for w in pool.writers[pick]]
+        if not self.page_share and not self.number_share:
+            # The draws of a run with every digit as ink stay as they were.
             images = render(chosen, self.rng, self.config)
         else:
-            on_page = self.rng.random(len(chosen)) < self.page_share
+            # 0: ink, 1: alone on the page, 2: inside a number; without numbers, the same
+            # draws as before they existed.
+            draw = self.rng.random(len(chosen))
+            way = (draw < self.page_share).astype(np.int8)
+            way[(draw >= self.page_share) & (draw < self.page_share + self.number_share)] = 2
             images = np.empty((len(chosen), 28, 28), np.uint8)
-            as_ink = [ink for ink, page in zip(chosen, on_page, strict=True) if not page]
-            as_page = [ink for ink, page in zip(chosen, on_page, strict=True) if page]
-            if as_ink:
-                images[~on_page] = render(as_ink, self.rng, self.config)
-            if as_page:
-                images[on_page] = render_pages(as_page, self.rng, self.config)
+            picked = [[ink for ink, w in zip(chosen, way, strict=True) if w == k] for k in range(3)]
+            if picked[0]:
+                images[way == 0] = render(picked[0], self.rng, self.config)
+            if picked[1]:
+                images[way == 1] = render_pages(picked[1], self.rng, self.config)
+            if picked[2]:
+                pools = [self.by_writer.get(writers[i]) or chosen for i in np.flatnonzero(way == 2)]
+                images[way == 2] = render_in_numbers(picked[2], pools, self.rng, self.config)
         return torch.from_numpy(images), torch.from_numpy(np.concatenate(labels))
 
     def validation(self) -> tuple[torch.Tensor, torch.Tensor]:

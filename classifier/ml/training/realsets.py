@@ -1,18 +1,18 @@
 """Weights scored on drawings made by people: per class, per writer, and what they turn away.
 
-The real sets (classifier.ml.training.drawings) beside MNIST: the pen digits (30 writers the shipped
-model never trained on) and the world's styles made from them (`drawings.styles`), which should be
-kept and read right; the Quick, Draw! doodles and the math symbols, which should be turned away as
-no digit, except the look-alikes (`drawings.lookalikes`), reported apart as the share kept. Each
-drawing goes through the service's ML path both ways a client sends it: as ink, through the serving
-rasterizer, and as the page's PNG (drawn at a random size and place on the page's pad), decoded and
-preprocessed as a worker does. "Kept" is the weights' own `is_digit` (`Predictor.predict_scored`); a
-PNG the preprocessing refuses (nothing left to read) counts as turned away, as the service answers
-it with an error.
+The real sets (classifier.ml.training.drawings) beside MNIST: the pen digits (30 writers; with
+`held_out`, the 6 that training never sees) and the styles made from them (`drawings.styles`), which
+should be kept and read right; the Quick, Draw! doodles and the math symbols, which should be turned
+away as no digit, except the look-alikes (`drawings.lookalikes`), reported apart as the share kept.
+Each drawing goes through the service's ML path each way a client sends it: as ink, through the
+serving rasterizer; as the page's PNG (drawn at a random size and place on the page's pad), decoded
+and preprocessed as a worker does; and as a 28x28 bitmap another app drew (`draw_bitmap`). "Kept" is
+the weights' own `is_digit` (`Predictor.predict_scored`); a PNG the preprocessing refuses (nothing
+left to read) counts as turned away, as the service answers it with an error.
 
 Reading and drawing the sets (`read_sets`, `prepare`) is apart from scoring them (`report`), so a
-benchmark draws once and scores several weights. A set whose files are absent is reported as
-absent, never an error. Used by `manage.py evaluate` and `benchmarks/real_drawings.py`.
+benchmark draws once and scores several weights. A set whose files are absent is reported as absent,
+never an error. Used by `manage.py evaluate` and `benchmarks/real_drawings.py`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageOps
 
 from classifier.ml.inference import Predictor
 from classifier.ml.ink import Ink
@@ -40,7 +41,13 @@ from classifier.ml.training.drawings import (
 )
 
 SETS = ("pendigits", "styles", "quickdraw", "symbols")
-WAYS = ("ink", "png")
+WAYS = ("ink", "png", "bitmap")
+# `bitmap`: a small picture drawn in another app and sent as an image: the pad's drawing scaled to
+# this side, drawn with a plain round pen of a random width (pixels at that side), antialiased by
+# drawing this many times larger, in either polarity; not centred or boxed as MNIST is.
+BITMAP_SIZE = 28
+BITMAP_PEN = (1.0, 2.5)
+BITMAP_SUPERSAMPLE = 4
 # What stands for the writer in each set: the groups its figures are given by.
 GROUP = {"pendigits": "writer", "styles": "style", "quickdraw": "word", "symbols": "symbol"}
 WORST = 5  # the writers (styles) with the fewest kept and right
@@ -159,8 +166,9 @@ def _sample(count: int, limit: int | None, seed: int) -> np.ndarray:
 
 def prepare(real: RealSet, seed: int = 0, ways: Sequence[str] = WAYS) -> Prepared:
     """The set as the model sees it each way: the ink placed on the page's pad as a person draws
-    (a random size and place), then rasterized (`ink`) or drawn as the page draws it into a PNG,
-    decoded and preprocessed (`png`)."""
+    (a random size and place), then rasterized (`ink`), drawn as the page draws it into a PNG,
+    decoded and preprocessed (`png`), or drawn small by another app (`bitmap`, `BITMAP_SIZE`)
+    and sent as a PNG."""
     rng = np.random.default_rng(seed)
     placed = [page_ink(ink, PAGE_EXPORT_SIZE, PAGE_EXPORT_SIZE, rng=rng) for ink in real.inks]
     images, refused = {}, {}
@@ -170,6 +178,8 @@ def prepare(real: RealSet, seed: int = 0, ways: Sequence[str] = WAYS) -> Prepare
             refused[way] = np.zeros(len(placed), dtype=bool)
         elif way == "png":
             images[way], refused[way] = _pngs(placed)
+        elif way == "bitmap":  # its own generator: the other ways draw as they did without it
+            images[way], refused[way] = _bitmaps(placed, np.random.default_rng(seed + 1))
         else:
             raise ValueError(f"No way of sending is called {way!r}; the ways are {WAYS}.")
     return Prepared(real, images, refused)
@@ -189,6 +199,35 @@ def _pngs(inks: list[Ink]) -> tuple[np.ndarray, np.ndarray]:
     for i, ink in enumerate(inks):
         try:
             images[i] = preprocess(to_png(draw_page(ink)))
+        except ImageError:
+            refused[i] = True
+    return images, refused
+
+
+def draw_bitmap(ink: Ink, rng: np.random.Generator, size: int = BITMAP_SIZE) -> Image.Image:
+    """Ink on the page's pad drawn as a `size`-pixel bitmap by another app (`BITMAP_SIZE`): a
+    round pen of a random width, antialiased, white on black or black on white. Greyscale."""
+    big = size * BITMAP_SUPERSAMPLE
+    scale = big / PAGE_EXPORT_SIZE
+    pen = float(rng.uniform(*BITMAP_PEN)) * BITMAP_SUPERSAMPLE
+    picture = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(picture)
+    for stroke in ink:
+        points = [(float(x) * scale, float(y) * scale) for x, y in stroke[:, :2]]
+        if len(points) > 1:
+            draw.line(points, fill=255, width=max(1, round(pen)), joint="curve")
+        for x, y in (points[0], points[-1]):  # round ends, and a tap a dot
+            draw.ellipse((x - pen / 2, y - pen / 2, x + pen / 2, y + pen / 2), fill=255)
+    small = picture.resize((size, size), Image.Resampling.BOX)
+    return ImageOps.invert(small) if rng.random() < 0.5 else small
+
+
+def _bitmaps(inks: list[Ink], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    images = np.zeros((len(inks), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    refused = np.zeros(len(inks), dtype=bool)
+    for i, ink in enumerate(inks):
+        try:
+            images[i] = preprocess(to_png(draw_bitmap(ink, rng)))
         except ImageError:
             refused[i] = True
     return images, refused

@@ -147,7 +147,7 @@ def _fit(
 ) -> TrainResult:
     seed_everything(config.seed)
     stream = (
-        RealStream(real, config.styles_share, config.seed, config.page_share)
+        RealStream(real, config.styles_share, config.seed, config.page_share, config.number_share)
         if config.real_per_batch and real is not None  # train() checked it is given
         else None
     )

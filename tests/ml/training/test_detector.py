@@ -182,10 +182,12 @@ def test_weights_without_a_head_load_and_score_as_before(tmp_path) -> None:
     assert np.allclose(scored.probabilities, expected, atol=1e-5)
 
 
-def _saved_with_head(tmp_path, threshold: float) -> tuple[Predictor, torch.nn.Module]:
+def _saved_with_head(
+    tmp_path, threshold: float, number_threshold: float | None = None
+) -> tuple[Predictor, torch.nn.Module]:
     model = train_detector(_base(), _pools(), TINY_RUN).model
     path = tmp_path / "head.safetensors"
-    rejection = Rejection(score="detector", threshold=threshold)
+    rejection = Rejection(score="detector", threshold=threshold, number_threshold=number_threshold)
     save_weights(
         model,
         path,
@@ -213,6 +215,20 @@ def test_the_detector_threshold_in_the_metadata_decides(tmp_path) -> None:
     with torch.inference_mode():
         expected = torch.softmax(model(normalize(images)), dim=1).numpy()
     assert np.allclose(scored.probabilities, expected, atol=1e-5)
+
+
+def test_a_number_s_pieces_are_judged_by_their_own_threshold(tmp_path) -> None:
+    images = _images(16, 5)
+    _, model = _saved_with_head(tmp_path, 0.0)
+    _, detector = outputs_of(model, images)
+    low, high = np.quantile(detector.numpy(), [0.25, 0.75])
+    predictor, _ = _saved_with_head(tmp_path, float(high), number_threshold=float(low))
+    scored = predictor.predict_scored(images)
+    assert np.array_equal(scored.is_digit, scored.scores >= high)
+    assert np.array_equal(scored.piece_is_digit, scored.scores >= low)
+    assert scored.piece_is_digit.sum() > scored.is_digit.sum()
+    alike, _ = _saved_with_head(tmp_path, float(high))
+    assert np.array_equal(alike.predict_scored(images).piece_is_digit, scored.is_digit)
 
 
 def test_a_detector_threshold_rejects_at_most_the_shares_asked() -> None:

@@ -13,7 +13,13 @@ import torch
 from classifier.ml.model import ARCHITECTURE, ModelConfig, build_model, normalize
 from classifier.ml.rasterizer import rasterize
 from classifier.ml.training import realdata
-from classifier.ml.training.calibration import REAL_MAX_REJECTED, choose_threshold
+from classifier.ml.training.calibration import (
+    DRAWN_MAX_REJECTED,
+    MNIST_MAX_REJECTED,
+    MNIST_MAX_REJECTED_WITH_REAL,
+    REAL_MAX_REJECTED,
+    choose_threshold,
+)
 from classifier.ml.training.config import TrainConfig
 from classifier.ml.training.detector import DetectorConfig, Pools, training_rows, with_detector
 from classifier.ml.training.drawings import lookalikes, splits
@@ -86,6 +92,68 @@ def test_page_drawings_are_the_pngs_the_worker_reads(split):
     assert mixed.shape == (64, 28, 28) and bool((mixed.flatten(1).amax(1) > 200).all())
 
 
+def test_digits_inside_numbers_are_cut_out_as_a_number_s_digit_is(split):
+    """A share of the stream drawn inside a number of its writer's digits, as the page's number
+    PNG, and cut out as the segmentation cuts a digit: seeded, and other pictures than alone."""
+    inks = split.train.inks[:8]
+    neighbours = [split.train.inks[8:40]] * len(inks)
+    drawn = realdata.render_in_numbers(
+        inks, neighbours, np.random.default_rng(0), realdata.InkAugment()
+    )
+    assert drawn.shape == (8, 28, 28) and drawn.dtype == np.uint8
+    assert all(d.max() > 200 for d in drawn)
+    again = realdata.render_in_numbers(
+        inks, neighbours, np.random.default_rng(0), realdata.InkAugment()
+    )
+    assert np.array_equal(drawn, again)
+    alone = realdata.render_pages(inks, np.random.default_rng(0), realdata.InkAugment())
+    assert not np.array_equal(drawn, alone)
+    numbered = realdata.RealStream(split, 0.25, 3, number_share=1.0)
+    images, labels = numbered.batch(24)
+    again_images, same = realdata.RealStream(split, 0.25, 3, number_share=1.0).batch(24)
+    assert torch.equal(images, again_images) and torch.equal(labels, same)
+    assert bool((images.flatten(1).amax(1) > 200).all())
+    # Each digit's neighbours are its own writer's training digits.
+    writers = {int(w) for w in split.train.writers}
+    assert set(numbered.by_writer) == writers
+    assert sum(len(v) for v in numbered.by_writer.values()) == len(split.train)
+    # Without numbers the page share draws exactly as before the option existed.
+    a = realdata.RealStream(split, 0.5, 3, page_share=0.4)
+    b = realdata.RealStream(split, 0.5, 3, page_share=0.4, number_share=0.0)
+    assert torch.equal(a.batch(16)[0], b.batch(16)[0])
+    three = realdata.RealStream(split, 0.25, 5, page_share=0.3, number_share=0.3).batch(48)[0]
+    assert three.shape == (48, 28, 28) and bool((three.flatten(1).amax(1) > 200).all())
+    with pytest.raises(ValueError, match="add up"):
+        realdata.RealStream(split, 0.25, 3, page_share=0.6, number_share=0.5)
+
+
+def test_a_number_s_digit_holds_what_a_touching_neighbour_leaves_in_its_columns():
+    """The cut takes the digit's columns (and its brush): neighbours written apart leave nothing
+    in it, neighbours written over it leave their ink."""
+    a = np.linspace(0, 2 * np.pi, 40)
+    ring = (np.column_stack([40 * np.cos(a), 50 * np.sin(a), a * 100]).astype(np.float32),)
+    bar = (np.array([[0, 0, 0], [0, 100, 100]], np.float32),)
+    config = dataclasses.replace(
+        realdata.InkAugment(), rotation_deg=0.0, shear_deg=0.0, jitter=0.0, drop=0.0, aspect=0.0
+    )
+
+    def drawn(gap: str) -> np.ndarray:
+        rng = np.random.default_rng(1)
+        return realdata.render_in_numbers([ring] * 12, [[bar]] * 12, rng, config, gaps=(gap,))
+
+    def edge(image: np.ndarray) -> float:
+        """How much of its ink's height the crop's first or last inked column covers: a ring's
+        side covers little of it, a neighbour's bar at the edge most of it."""
+        ink = image > 128
+        rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+        column = max(ink[:, cols[0]].sum(), ink[:, cols[-1]].sum())
+        return float(column / (rows[-1] - rows[0] + 1))
+
+    apart, over = drawn("wide"), drawn("overlap")
+    assert max(edge(d) for d in apart) < 0.5
+    assert sum(edge(d) > 0.5 for d in over) >= 8
+
+
 def test_training_nondigits_leave_out_lookalikes_and_held_out_words():
     doodles(), symbol_drawings()
     inks = realdata.training_nondigits(data_folder())
@@ -117,11 +185,24 @@ def test_threshold_keeps_the_real_digits_asked():
         rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) for n in (400, 300, 1000)
     )
     rejection = choose_threshold(model, mnist, drawn, score="energy", real_images=real)
-    with torch.inference_mode():
-        scores = rejection.scores(model(normalize(real)))
-    assert float((scores < rejection.threshold).float().mean()) <= REAL_MAX_REJECTED
-    alone = choose_threshold(model, mnist, drawn, score="energy")
-    assert rejection.threshold <= alone.threshold
+
+    def rejected(images: np.ndarray, threshold: float) -> float:
+        with torch.inference_mode():
+            scores = rejection.scores(model(normalize(images)))
+        return float((scores < threshold).float().mean())
+
+    # A drawing alone: the real digits' bound and as much of MNIST, not the canvas redraws.
+    assert rejected(real, rejection.threshold) <= REAL_MAX_REJECTED
+    assert rejected(mnist, rejection.threshold) <= MNIST_MAX_REJECTED_WITH_REAL
+    assert max(rejected(real, rejection.threshold), rejected(mnist, rejection.threshold)) > 0
+    # A number's pieces: every bound, as for weights without real digits.
+    pieces = rejection.number_threshold
+    assert pieces is not None and pieces <= rejection.threshold
+    assert rejected(real, pieces) <= REAL_MAX_REJECTED
+    assert rejected(mnist, pieces) <= MNIST_MAX_REJECTED
+    assert rejected(drawn, pieces) <= DRAWN_MAX_REJECTED
+    without = choose_threshold(model, mnist, drawn, score="energy")
+    assert without.number_threshold is None and pieces <= without.threshold
 
 
 def test_detector_rows_give_real_drawings_their_weight():
@@ -148,6 +229,9 @@ def test_config_refuses_bad_real_options():
         TrainConfig(real_per_batch=-1)
     with pytest.raises(ValueError, match="page_share"):
         TrainConfig(page_share=-0.1)
+    with pytest.raises(ValueError, match="number_share"):
+        TrainConfig(page_share=0.7, number_share=0.4)
+    assert TrainConfig(page_share=0.3, number_share=0.15).hyperparameters()["number_share"] == 0.15
 
 
 @pytest.mark.slow

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from classifier.ml.inference import Predictor
+from classifier.ml.preprocessing import preprocess
 from classifier.ml.training import realsets
+from classifier.ml.training.canvas import to_png
 from classifier.ml.training.drawings import lookalikes
 from tests.helpers import SHIPPED_WEIGHTS
 
@@ -60,7 +62,7 @@ def test_a_small_set_is_scored_both_ways(tmp_path):
     assert real.groups == ["bar.v", "plus"] and real.lookalike.tolist() == [True, False]
     prepared = realsets.prepare(real)
     assert {w: i.shape for w, i in prepared.images.items()} == {
-        "ink": (2, 28, 28), "png": (2, 28, 28),
+        "ink": (2, 28, 28), "png": (2, 28, 28), "bitmap": (2, 28, 28),
     }  # fmt: skip
     predictor = Predictor.load(SHIPPED_WEIGHTS, device="cpu")
     figures = realsets.score_set(predictor, prepared)
@@ -68,3 +70,20 @@ def test_a_small_set_is_scored_both_ways(tmp_path):
         one = figures["ways"][way]
         assert one["count"] == 1 and one["lookalikes"]["count"] == 1
         assert one["refused"] == 0 and set(one["per_symbol"]) == {"plus"}
+
+
+def test_a_bitmap_from_another_app_is_small_plain_and_either_polarity():
+    """`bitmap`: the pad's drawing at 28 pixels, drawn with a plain pen, sent as a PNG; the
+    worker's preprocessing finds the ink whichever way round the colours are."""
+    ink = (np.array([[96, 40, 0], [96, 150, 50]], np.float32),)  # a "1" on the 192-pixel pad
+    rng = np.random.default_rng(0)
+    pictures = [realsets.draw_bitmap(ink, rng) for _ in range(12)]
+    assert all(p.size == (28, 28) and p.mode == "L" for p in pictures)
+    arrays = [np.asarray(p) for p in pictures]
+    dark = [a for a in arrays if a[0, 0] == 0]
+    light = [a for a in arrays if a[0, 0] == 255]
+    assert dark and light and len(dark) + len(light) == 12
+    # The stroke lies where the pad has it: column 96 of 192 is column 14 of 28.
+    assert all(int(a[10:20].max(axis=0).argmax()) in (13, 14) for a in dark)
+    images = [preprocess(to_png(p)) for p in pictures]
+    assert all(i.max() > 200 and i[:, :4].max() == 0 for i in images)

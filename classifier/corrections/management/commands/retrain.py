@@ -33,6 +33,7 @@ from classifier.ml.rejection import Rejection
 from classifier.ml.training.calibration import choose_threshold
 from classifier.ml.training.data import DataError, load_mnist
 from classifier.ml.training.finetune import FinetuneConfig, Progress, Scores, finetune, gate
+from classifier.ml.training.realdata import pen_split, render
 from classifier.ml.weights import WeightsError, config_from_metadata, load_weights
 from classifier.options import add_data_dir, config_from_options
 
@@ -167,7 +168,9 @@ class Command(BaseCommand):
                 "command": "python manage.py retrain " + shlex.join(sys.argv[2:]),
             }
             if served_meta.get("rejection") and decision.promote and not options["dry_run"]:
-                metadata["rejection"] = self._rejection(result.model, data, served_meta)
+                metadata["rejection"] = self._rejection(
+                    result.model, data, served_meta, options["data_dir"]
+                )
             if decision.promote and not options["dry_run"]:
                 stored = modelstore.add(weights, result.model.state_dict(), metadata)
                 try:
@@ -206,18 +209,34 @@ class Command(BaseCommand):
             }
             self.stdout.write(json.dumps(outcome, sort_keys=True))
 
-    def _rejection(self, model, data, served_meta: dict) -> dict:
+    def _rejection(self, model, data, served_meta: dict, data_dir: Path) -> dict:
         """The served model's not-a-digit score, its threshold chosen again for the candidate on
         the validation digits: fine-tuning moves the scores a little, and a stale threshold
-        would turn away digits (or keep non-digits) that the new model scores differently."""
+        would turn away digits (or keep non-digits) that the new model scores differently.
+        When the served thresholds were chosen on real writers' digits (a number's pieces
+        judged apart) and those digits are under `data_dir`, they choose the new ones too."""
         served = Rejection.from_dict(served_meta["rejection"])
+        real = None
+        if served.number_threshold is not None:
+            try:
+                real = render(pen_split(data_dir).validation.inks)
+            except FileNotFoundError:
+                self.stdout.write(
+                    "the pen digits are not under --data-dir: the threshold is chosen on "
+                    "MNIST's validation digits alone"
+                )
         rejection = choose_threshold(
-            model, data.validation.images, score=served.score, temperature=served.temperature
+            model,
+            data.validation.images,
+            score=served.score,
+            temperature=served.temperature,
+            real_images=real,
         )
         model.to("cpu")
+        on = "the validation digits" + ("" if real is None else " and writers' pen digits")
         self.stdout.write(
             f"not a digit below {rejection.score} {rejection.threshold:.4f} "
-            f"(served model: {served.threshold:.4f}), chosen on the validation digits"
+            f"(served model: {served.threshold:.4f}), chosen on {on}"
         )
         return rejection.as_dict()
 
