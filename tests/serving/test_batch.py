@@ -382,9 +382,8 @@ def test_blank_and_too_long_numbers_are_errors_and_fail_alone(predictor: Predict
     assert len(counting.batches) <= 1
 
 
-def test_a_number_with_a_piece_that_is_no_digit_reads_no_number(predictor: Predictor) -> None:
-    """Each piece of a number gets the not-a-digit decision on its own crop, from the batch's
-    one model call: a 3 beside a star is a number with a piece that is no digit."""
+def three_beside_a_star() -> tuple[Any, Any]:
+    """A 3 with a drawn star to its right, as one greyscale picture, and the star alone."""
     from PIL import Image
 
     rng = split_rng("eval", 1)
@@ -394,6 +393,13 @@ def test_a_number_with_a_piece_that_is_no_digit_reads_no_number(predictor: Predi
     both = Image.new("L", (left.width + right.width, left.height), 0)
     both.paste(left, (0, 0))
     both.paste(right, (left.width, 0))
+    return both, right
+
+
+def test_a_number_with_a_piece_that_is_no_digit_reads_no_number(predictor: Predictor) -> None:
+    """Each piece of a number gets the not-a-digit decision on its own crop, from the batch's
+    one model call: a 3 beside a star is a number with a piece that is no digit."""
+    both, _ = three_beside_a_star()
     sent = number_item("mixed", to_png(both))
     answer = frames(answer_batch([sent], predictor))["mixed"]
     assert answer["type"] == protocol.PREDICTION, answer
@@ -406,8 +412,6 @@ def test_a_number_s_pieces_are_judged_by_the_number_threshold(predictor: Predict
     """The same 3 beside a star, sent as a number and the star alone as a digit, by weights
     whose pieces of a number pass at any score: the number keeps its star (read as a digit),
     the star alone is still no digit."""
-    from PIL import Image
-
     tensors, metadata = load_weights(shipped_weights())
     rejection = {**metadata["rejection"], "number_threshold": -1e9}
     kept = {k: v for k, v in metadata.items() if k not in ("version", "created")}
@@ -415,14 +419,8 @@ def test_a_number_s_pieces_are_judged_by_the_number_threshold(predictor: Predict
     lenient = Predictor.load(tmp_path / "pieces.safetensors", device="cpu")
     assert lenient.rejection is not None and lenient.rejection.number_threshold == -1e9
 
-    rng = split_rng("eval", 1)
-    star = [[(0.5, 0.0), (0.8, 1.0), (0.0, 0.35), (1.0, 0.35), (0.2, 1.0), (0.5, 0.0)]]
-    left = Image.open(io.BytesIO(render_digit_png(3))).convert("L")
-    right = draw_strokes(star, rng, size=left.height, turn=0.0).convert("L")
-    both = Image.new("L", (left.width + right.width, left.height), 0)
-    both.paste(left, (0, 0))
-    both.paste(right, (left.width, 0))
-    sent = [number_item("mixed", to_png(both)), item("star", to_png(right))]
+    both, star = three_beside_a_star()
+    sent = [number_item("mixed", to_png(both)), item("star", to_png(star))]
     answers = frames(answer_batch(sent, lenient))
     assert [d["is_digit"] for d in answers["mixed"]["digits"]] == [True, True]
     assert answers["mixed"]["number"] is not None and answers["mixed"]["number"][0] == "3"

@@ -180,20 +180,13 @@ def make_pools(config: DetectorConfig, train: Split, data_dir: Path | None = Non
     copies = (config.copies, config.seed, config.page_copies)
     real_digits = render_copies(split.train.inks + split.train_styles.inks, *copies)
     nondigits = training_nondigit_sets(data_dir)
-    if config.symbols_weight is None:
-        real_outliers = render_copies(
-            nondigits["quickdraw"] + nondigits["symbols"],
-            config.copies,
-            config.seed + 1,
-            config.page_copies,
-        )
+    doodles, drawn_symbols = nondigits["quickdraw"], nondigits["symbols"]
+    if config.symbols_weight is None:  # one group, weighed by count
+        doodles, drawn_symbols = doodles + drawn_symbols, []
+    real_outliers = render_copies(doodles, config.copies, config.seed + 1, config.page_copies)
+    if not drawn_symbols:
         return replace(pools, real_digits=real_digits, real_outliers=real_outliers)
-    real_outliers = render_copies(
-        nondigits["quickdraw"], config.copies, config.seed + 1, config.page_copies
-    )
-    real_symbols = render_copies(
-        nondigits["symbols"], config.copies, config.seed + 2, config.page_copies
-    )
+    real_symbols = render_copies(drawn_symbols, config.copies, config.seed + 2, config.page_copies)
     return replace(
         pools, real_digits=real_digits, real_outliers=real_outliers, real_symbols=real_symbols
     )

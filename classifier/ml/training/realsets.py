@@ -17,8 +17,9 @@ never an error. Used by `manage.py evaluate` and `benchmarks/real_drawings.py`.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,9 +178,10 @@ def prepare(real: RealSet, seed: int = 0, ways: Sequence[str] = WAYS) -> Prepare
             images[way] = _batched_rasterize(placed)
             refused[way] = np.zeros(len(placed), dtype=bool)
         elif way == "png":
-            images[way], refused[way] = _pngs(placed)
+            images[way], refused[way] = _sent_as_pictures(placed, draw_page)
         elif way == "bitmap":  # its own generator: the other ways draw as they did without it
-            images[way], refused[way] = _bitmaps(placed, np.random.default_rng(seed + 1))
+            bitmap = functools.partial(draw_bitmap, rng=np.random.default_rng(seed + 1))
+            images[way], refused[way] = _sent_as_pictures(placed, bitmap)
         else:
             raise ValueError(f"No way of sending is called {way!r}; the ways are {WAYS}.")
     return Prepared(real, images, refused)
@@ -193,12 +195,16 @@ def _batched_rasterize(inks: list[Ink]) -> np.ndarray:
     )
 
 
-def _pngs(inks: list[Ink]) -> tuple[np.ndarray, np.ndarray]:
+def _sent_as_pictures(
+    inks: list[Ink], draw: Callable[[Ink], Image.Image]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each ink drawn by `draw`, sent as a PNG and preprocessed as a worker does; which ones the
+    preprocessing refused (nothing left to read)."""
     images = np.zeros((len(inks), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     refused = np.zeros(len(inks), dtype=bool)
     for i, ink in enumerate(inks):
         try:
-            images[i] = preprocess(to_png(draw_page(ink)))
+            images[i] = preprocess(to_png(draw(ink)))
         except ImageError:
             refused[i] = True
     return images, refused
@@ -220,17 +226,6 @@ def draw_bitmap(ink: Ink, rng: np.random.Generator, size: int = BITMAP_SIZE) -> 
             draw.ellipse((x - pen / 2, y - pen / 2, x + pen / 2, y + pen / 2), fill=255)
     small = picture.resize((size, size), Image.Resampling.BOX)
     return ImageOps.invert(small) if rng.random() < 0.5 else small
-
-
-def _bitmaps(inks: list[Ink], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    images = np.zeros((len(inks), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    refused = np.zeros(len(inks), dtype=bool)
-    for i, ink in enumerate(inks):
-        try:
-            images[i] = preprocess(to_png(draw_bitmap(ink, rng)))
-        except ImageError:
-            refused[i] = True
-    return images, refused
 
 
 # --- Scoring -----------------------------------------------------------------------------------
