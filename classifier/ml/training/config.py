@@ -97,7 +97,7 @@ class TrainConfig:
         if not 0.0 <= self.page_share <= 1.0:
             raise ValueError("page_share must be in [0, 1].")
         if not 0.0 <= self.number_share <= 1.0 - self.page_share:
-            raise ValueError("number_share must be in [0, 1 - page_share].")
+            raise ValueError("number_share must be in [0, 1] and at most 1 - page_share.")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}.")
 

@@ -118,8 +118,9 @@ class DetectorConfig:
         for name in ("width", "outlier_pool", "drawn_pool", "mnist_digits", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1.")
-        if self.copies < 0 or self.channels < 0 or self.page_copies < 0:
-            raise ValueError("copies, page_copies and channels must not be negative.")
+        for name in ("copies", "page_copies", "channels"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative.")
         if self.symbols_weight is not None and self.symbols_weight < 0:
             raise ValueError("symbols_weight must not be negative.")
         if self.lr <= 0 or self.weight_decay < 0:
